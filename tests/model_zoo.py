@@ -1,0 +1,47 @@
+"""Small random HookedTransformers covering every model family the engine supports."""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+BASE = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=50,
+            seed=0, initializer_range=0.2)
+
+FAMILIES = {
+    "gpt2": dict(act_fn="gelu", normalization_type="LN", positional_embedding_type="standard"),
+    "llama": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+                  gated_mlp=True, n_key_value_heads=2, final_rms=True),
+    "attn_only": dict(attn_only=True, act_fn="gelu", normalization_type="LN"),
+    "parallel": dict(act_fn="gelu", normalization_type="LN", parallel_attn_mlp=True,
+                     positional_embedding_type="rotary", rotary_dim=4),
+    "split_qkv": dict(act_fn="gelu", normalization_type="LN", use_split_qkv_input=True),
+    "shortformer": dict(act_fn="relu", normalization_type="LN", positional_embedding_type="shortformer"),
+    "sandwich": dict(act_fn="gelu", normalization_type="RMS", use_normalization_before_and_after=True,
+                     positional_embedding_type="rotary"),
+}
+
+
+def make_model(family: str, processed: bool = False, dtype=torch.float32) -> HookedTransformer:
+    cfg = HookedTransformerConfig(**BASE, **FAMILIES[family], dtype=dtype)
+    model = HookedTransformer(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # Random biases and norm gains so that folding and bias handling actually matter.
+        for name, p in model.named_parameters():
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "_b_K", "_b_V")):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".w") and ("ln" in name):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".b") and ("ln" in name):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    if processed:
+        model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=True)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def tokens(batch: int = 2, seq: int = 12, seed: int = 0, vocab: int = 50) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,14 @@
+"""tl_vpd: adVersarial Parameter Decomposition (VPD) for TransformerLens models.
+
+>>> dec = tl_vpd.decompose(model, tl_vpd.VPDConfig(C=64, steps=2000), tokens)
+>>> dec.causal_importance(tokens[:4])   # {site: [batch, pos, C]}
+"""
+
+__version__ = "0.1.0"
+
+from tl_vpd.components import SiteComponents
+from tl_vpd.decomposition import CIResult, Decomposition
+from tl_vpd.io import load
+from tl_vpd.sites import Site
+
+__all__ = ["CIResult", "Decomposition", "Site", "SiteComponents", "__version__", "load"]

@@ -1,0 +1,163 @@
+"""Rank-1 subcomponents of one weight matrix and the factorized masked output.
+
+``W ≈ U V = Σ_c u_c v_cᵀ`` with ``U [d_out, C]`` (columns write) and ``V [C, d_in]`` (rows
+read); ``Δ = W − U V`` is derived, never a free parameter, so ``U V + Δ = W`` exactly.
+
+Per token the masked matrix is ``W'[b,t] = U diag(m[b,t]) V + m_Δ[b,t] Δ``. It is never built:
+
+    out = ((x Vᵀ) ⊙ m) Uᵀ + m_Δ (x Δᵀ) + b
+        = ((x Vᵀ) ⊙ (m − m_Δ)) Uᵀ + m_Δ (x Wᵀ) + b          since x Δᵀ = x Wᵀ − (x Vᵀ) Uᵀ
+
+and ``x Wᵀ + b`` is the output the target layer has already computed, so the masked forward
+costs only the factorized term ``2·C·(d_in + d_out)`` FLOPs per token on top of the plain model,
+and all-ones masks give the target's output exactly (``m − m_Δ = 0``). Gradients reach U and V
+(through both terms), the masks, and the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tl_vpd._typing import Float
+from tl_vpd.sites import Site
+
+__all__ = ["SiteComponents"]
+
+
+class SiteComponents(nn.Module):
+    """``U``, ``V`` and the target matrix of one site.
+
+    Arguments:
+        site: the site (gives ``W``, the bias and the head layout).
+        C: number of subcomponents.
+        init: ``"random"`` (V fan-in ``d_in``, U fan-in ``C``, scaled so ``‖UV‖`` matches
+            ``‖W‖``) or ``"svd"`` (top-``C`` singular directions split as ``U√S``, ``√S V``;
+            extra columns beyond the rank are zero in U, random in V).
+        generator: random generator for the initialisation.
+    """
+
+    def __init__(self, site: Site, C: int, init: str = "random",
+                 generator: torch.Generator | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        if C < 1:
+            raise ValueError(f"site {site.name}: C must be >= 1, got {C}")
+        self.name = site.name
+        self.C = C
+        self.n_heads = site.n_heads
+        self.per_head_input = site.per_head_input
+        W = site.weight
+        dtype = dtype or W.dtype
+        self.register_buffer("W", W.to(dtype), persistent=False)
+        b = site.bias
+        self.register_buffer("bias", None if b is None else b.to(dtype), persistent=False)
+        U, V = _init(W.to(torch.float64).cpu(), C, init, generator)
+        self.U = nn.Parameter(U.to(dtype=dtype, device=W.device))
+        self.V = nn.Parameter(V.to(dtype=dtype, device=W.device))
+
+    @property
+    def d_out(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def d_in(self) -> int:
+        return self.W.shape[1]
+
+    @property
+    def delta(self) -> Float[torch.Tensor, "d_out d_in"]:
+        """``W − U V``, with gradient into U and V."""
+        return self.W - self.U @ self.V
+
+    def weight(self) -> Float[torch.Tensor, "d_out d_in"]:
+        """``U V`` (the subcomponents' sum, without Δ)."""
+        return self.U @ self.V
+
+    def inner_acts(self, x: Float[torch.Tensor, "*lead d_in"]) -> Float[torch.Tensor, "*lead C"]:
+        """``h_c = v_c · x`` for every subcomponent."""
+        return x @ self.V.T
+
+    def masked_output(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        mask: Float[torch.Tensor, "*lead C"],
+        delta_mask: Float[torch.Tensor, "*lead"] | None,
+    ) -> torch.Tensor:
+        """The factorized masked output (see the module docstring).
+
+        Arguments:
+            x: the site's input, ``[*lead, d_in]`` (or ``[*lead, h, d_in]`` per head).
+            out: the target's output ``x Wᵀ + b`` for the same ``x``, ``[*lead, d_out]``
+                (or ``[*lead, h, d_out/h]``).
+            mask: per-token subcomponent masks.
+            delta_mask: per-token Δ mask; ``None`` means 1 (Δ on).
+
+        Returns:
+            The masked output, shaped like ``out``.
+        """
+        dtype = out.dtype
+        x = x.to(self.V.dtype)
+        md = None if delta_mask is None else delta_mask.to(self.V.dtype)
+        coef = mask.to(self.V.dtype) if md is None else mask.to(self.V.dtype) - md[..., None]
+        if md is None:
+            coef = coef - 1.0
+        if self.per_head_input:
+            h = x.shape[-2]
+            hidden = (x @ self.V.T) * coef.unsqueeze(-2)  # [*lead, h, C]
+            factor = torch.einsum("...hc,hdc->...hd", hidden, self.U.view(h, -1, self.C))
+            bias = 0.0 if self.bias is None else self.bias.view(h, -1)
+            scale = 1.0 if md is None else md[..., None, None]
+        else:
+            factor = ((x @ self.V.T) * coef) @ self.U.T
+            bias = 0.0 if self.bias is None else self.bias
+            scale = 1.0 if md is None else md[..., None]
+        target_part = out.to(self.V.dtype) - bias
+        return (factor + scale * target_part + bias).to(dtype)
+
+    def materialized_output(
+        self,
+        x: torch.Tensor,
+        mask: Float[torch.Tensor, "*lead C"],
+        delta_mask: Float[torch.Tensor, "*lead"] | None,
+    ) -> torch.Tensor:
+        """Slow reference: builds ``W'[b,t] = U diag(m) V + m_Δ Δ`` for every token.
+
+        For tests and benchmarks only; memory grows as ``tokens · d_out · d_in``.
+        """
+        x = x.to(self.V.dtype)
+        md = torch.ones(mask.shape[:-1], dtype=self.V.dtype, device=mask.device) \
+            if delta_mask is None else delta_mask.to(self.V.dtype)
+        W_tok = torch.einsum("oc,...c,ci->...oi", self.U, mask.to(self.V.dtype), self.V)
+        W_tok = W_tok + md[..., None, None] * self.delta
+        bias = 0.0 if self.bias is None else self.bias
+        if self.per_head_input:
+            h = x.shape[-2]
+            W_h = W_tok.unflatten(-2, (h, -1))  # [*lead, h, d_out/h, d_in]
+            bias = bias if self.bias is None else self.bias.view(h, -1)
+            return torch.einsum("...hoi,...hi->...ho", W_h, x) + bias
+        return torch.einsum("...oi,...i->...o", W_tok, x) + bias
+
+    def extra_repr(self) -> str:
+        heads = f", heads={self.n_heads}" if self.n_heads else ""
+        return f"{self.name}: W[{self.d_out}, {self.d_in}], C={self.C}{heads}"
+
+
+def _init(W: torch.Tensor, C: int, init: str, generator: torch.Generator | None):
+    d_out, d_in = W.shape
+    if init == "svd":
+        Us, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        k = min(C, S.numel())
+        U = torch.zeros(d_out, C, dtype=W.dtype)
+        V = torch.randn(C, d_in, generator=generator, dtype=W.dtype) / math.sqrt(d_in)
+        U[:, :k] = Us[:, :k] * S[:k].sqrt()
+        V[:k] = S[:k].sqrt()[:, None] * Vh[:k]
+        return U, V
+    if init != "random":
+        raise ValueError(f"init must be 'random' or 'svd', got {init!r}")
+    V = torch.randn(C, d_in, generator=generator, dtype=W.dtype) / math.sqrt(d_in)
+    U = torch.randn(d_out, C, generator=generator, dtype=W.dtype) / math.sqrt(C)
+    # Match the target's scale so the faithfulness loss starts O(1) relative to ‖W‖.
+    scale = (W.norm() / (U @ V).norm().clamp_min(1e-12)).sqrt()
+    return U * scale, V * scale

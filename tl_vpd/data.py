@@ -1,0 +1,417 @@
+"""Language-model data: a corpus that needs no download, a BPE tokenizer, token blocks, batches.
+
+The default corpus is the source of the installed Python standard library, so every machine that
+runs this library can build it offline. Hugging Face datasets are supported as an optional extra
+and fail fast when the hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+
+from tl_vpd._typing import Int
+
+__all__ = [
+    "EOS_TOKEN",
+    "TOKENIZER_FILE",
+    "TOKENS_FILE",
+    "LMCorpus",
+    "check_hub_reachable",
+    "default_corpus",
+    "iterate_batches",
+    "load_hf_dataset_texts",
+    "load_tokenizer",
+    "read_text_files",
+    "save_tokenizer",
+    "stdlib_corpus",
+    "tokenize_blocks",
+    "train_tokenizer",
+]
+
+EOS_TOKEN = "<|endoftext|>"  # id 0; BOS, EOS and document separator at once
+TOKENIZER_FILE = "tokenizer.json"
+TOKENS_FILE = "tokens.safetensors"
+
+# Directories of the standard library that are not ordinary library source: installed packages,
+# the regression test suites (huge, repetitive), and the IDLE / 2to3 tools.
+_STDLIB_SKIP_DIRS = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
+)
+_OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_HUB_HOST = ("huggingface.co", 443)
+
+
+def _stable_unit(key: str) -> float:
+    """A number in [0, 1) from ``key`` that is the same in every process (unlike ``hash``)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def stdlib_corpus(max_bytes: int = 16_000_000, val_fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """The installed Python standard library's ``.py`` files as a train / validation corpus.
+
+    Files are visited in an order fixed by a hash of their relative path, so truncating at
+    ``max_bytes`` takes a spread of modules rather than the alphabetically first ones. Whole files
+    are held out for validation, chosen by a second hash of their path.
+
+    Arguments:
+        max_bytes: Stop adding files once this many UTF-8 bytes (train and val together) are read.
+            The default takes all of it (about 11 MB on CPython 3.11).
+        val_fraction: Fraction of the bytes held out for validation (at least one file).
+
+    Returns:
+        ``(train_texts, val_texts)``, one string per file. Identical across calls on one Python
+        installation; other Python versions ship slightly different source.
+    """
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}.")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rel_paths = [
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*.py")
+        if not _STDLIB_SKIP_DIRS.intersection(path.relative_to(root).parts[:-1])
+    ]
+    if not rel_paths:
+        raise FileNotFoundError(f"No .py files found in the standard library directory {root}.")
+    rel_paths.sort(key=lambda rel: _stable_unit("order:" + rel))  # also makes rglob's order irrelevant
+
+    files: dict[str, str] = {}
+    n_bytes = 0
+    for rel in rel_paths:
+        try:
+            raw = (root / rel).read_bytes()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if not text.strip():
+            continue
+        files[rel] = text
+        n_bytes += len(raw)
+        if n_bytes >= max_bytes:
+            break
+    if len(files) < 2:
+        raise ValueError(f"stdlib_corpus(max_bytes={max_bytes}) read {len(files)} file(s); raise max_bytes.")
+
+    # Whole files go to validation in a second hash order until they hold val_fraction of the
+    # bytes; by bytes rather than file count because file sizes span three orders of magnitude.
+    val_rels: set[str] = set()
+    val_bytes = 0
+    for rel in sorted(files, key=lambda rel: _stable_unit("split:" + rel)):
+        if val_rels and (val_bytes >= val_fraction * n_bytes or len(val_rels) == len(files) - 1):
+            break
+        val_rels.add(rel)
+        val_bytes += len(files[rel].encode("utf-8"))
+    train = [text for rel, text in files.items() if rel not in val_rels]
+    val = [text for rel, text in files.items() if rel in val_rels]
+    return train, val
+
+
+def read_text_files(
+    paths: str | Path | Sequence[str | Path], suffixes: Sequence[str] = (".txt", ".md", ".py")
+) -> list[str]:
+    """Read local text files, searching folders recursively.
+
+    Arguments:
+        paths: A file, a folder, or a sequence of them. Files given directly are read whatever their
+            suffix; folders contribute files whose suffix is in ``suffixes``.
+        suffixes: File suffixes to collect from folders.
+
+    Returns:
+        One string per file, folders in sorted path order. Files that are not UTF-8 are skipped.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    wanted = {s.lower() for s in suffixes}
+    files: list[Path] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            files.extend(sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in wanted))
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            raise FileNotFoundError(f"{entry} is neither a file nor a folder.")
+    texts = []
+    for file in files:
+        try:
+            texts.append(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            continue
+    if not texts:
+        raise FileNotFoundError(
+            f"No UTF-8 text files with suffixes {sorted(wanted)} found in {[str(p) for p in paths]}."
+        )
+    return texts
+
+
+def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
+    """Raise ``ConnectionError`` at once if the Hugging Face hub cannot be used.
+
+    Downloads from an unreachable hub can retry for minutes; this probe turns that into an
+    immediate error. ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set to a true value count as
+    unreachable.
+
+    Arguments:
+        what: What was being loaded, e.g. ``"dataset 'roneneldan/TinyStories'"``; named in the error.
+        timeout: Seconds to wait for a TCP connection to huggingface.co.
+    """
+    hint = (
+        "Use local data instead: tl_vpd.data.read_text_files(folder) or "
+        "tl_vpd.data.default_corpus() for text, tl_vpd.target.load_target(run_dir) for models."
+    )
+    for var in _OFFLINE_ENV_VARS:
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            raise ConnectionError(f"Cannot load {what}: the Hugging Face hub is unreachable ({var} is set). {hint}")
+    try:
+        socket.create_connection(_HUB_HOST, timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"Cannot load {what}: the Hugging Face hub (huggingface.co:443) is unreachable ({err}). {hint}"
+        ) from err
+
+
+def load_hf_dataset_texts(
+    name: str, split: str = "train", text_column: str = "text", max_docs: int | None = None
+) -> list[str]:
+    """Texts of a Hugging Face dataset (needs the optional ``datasets`` package).
+
+    Arguments:
+        name: Hub dataset name, e.g. ``"roneneldan/TinyStories"``, or a local dataset folder.
+        split: Dataset split.
+        text_column: Column holding the text.
+        max_docs: Stream and keep only this many documents instead of downloading the whole split.
+
+    Returns:
+        One string per document.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            "load_hf_dataset_texts needs the Hugging Face `datasets` package: pip install datasets"
+        ) from err
+    if not Path(name).exists():
+        check_hub_reachable(f"dataset {name!r}")
+    streaming = max_docs is not None
+    dataset = datasets.load_dataset(name, split=split, streaming=streaming)
+    if streaming:
+        dataset = dataset.take(max_docs)
+    texts = []
+    for row in dataset:
+        if text_column not in row:
+            raise KeyError(f"Dataset {name!r} has no column {text_column!r}; its columns are {sorted(row)}.")
+        texts.append(row[text_column])
+    return texts
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 4096) -> Tokenizer:
+    """Train a byte-level BPE tokenizer (GPT-2 style) on ``texts``.
+
+    Every byte is in the vocabulary, so any string round-trips through encode/decode exactly.
+    ``<|endoftext|>`` has id 0 and serves as BOS, EOS and document separator. Training is
+    deterministic: merges are counted over the whole corpus, so there is no seed.
+
+    Arguments:
+        texts: Training documents.
+        vocab_size: Final vocabulary size, including the 256 byte tokens and ``<|endoftext|>``.
+
+    Returns:
+        The trained ``tokenizers.Tokenizer``.
+    """
+    n_base = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if vocab_size < n_base:
+        raise ValueError(f"vocab_size must be at least {n_base} (256 bytes + {EOS_TOKEN}), got {vocab_size}.")
+    if not texts:
+        raise ValueError("train_tokenizer needs at least one text.")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
+    """Save ``tokenizer`` as JSON; a folder ``path`` gets ``tokenizer.json`` inside it.
+
+    Returns:
+        The file written.
+    """
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / TOKENIZER_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved by :func:`save_tokenizer` (a ``tokenizer.json`` file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"No tokenizer file at {path}.")
+    return Tokenizer.from_file(str(path))
+
+
+def _eos_id(tokenizer: Tokenizer) -> int:
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    if eos_id is None:
+        raise ValueError(f"Tokenizer has no {EOS_TOKEN!r} token; build it with train_tokenizer.")
+    return eos_id
+
+
+def tokenize_blocks(
+    texts: Sequence[str], tokenizer: Tokenizer, seq_len: int, max_blocks: int | None = None
+) -> Int[torch.Tensor, "n seq"]:
+    """Tokenize documents into contiguous, non-overlapping blocks of ``seq_len`` tokens.
+
+    Documents are concatenated, each preceded by ``<|endoftext|>`` (so it is both the BOS of one
+    document and the EOS of the previous one), and the stream is cut into blocks. The incomplete
+    final block is dropped.
+
+    Arguments:
+        texts: Documents, in order.
+        tokenizer: A tokenizer with an ``<|endoftext|>`` token.
+        seq_len: Tokens per block.
+        max_blocks: Stop after this many blocks (and stop tokenizing early).
+
+    Returns:
+        An int64 tensor of blocks.
+    """
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}.")
+    eos_id = _eos_id(tokenizer)
+    max_tokens = None if max_blocks is None else max_blocks * seq_len
+    stream: list[int] = []
+    chunk = 256  # documents per encode_batch call; lets max_blocks stop early
+    for start in tqdm(range(0, len(texts), chunk), desc="tokenizing", leave=False, disable=len(texts) <= chunk):
+        for encoding in tokenizer.encode_batch(list(texts[start : start + chunk]), add_special_tokens=False):
+            stream.append(eos_id)
+            stream.extend(encoding.ids)
+        if max_tokens is not None and len(stream) >= max_tokens:
+            break
+    n_blocks = len(stream) // seq_len
+    if max_blocks is not None:
+        n_blocks = min(n_blocks, max_blocks)
+    if n_blocks == 0:
+        raise ValueError(f"{len(stream)} tokens are not enough for one block of seq_len={seq_len}.")
+    return torch.tensor(stream[: n_blocks * seq_len], dtype=torch.int64).view(n_blocks, seq_len)
+
+
+@dataclass
+class LMCorpus:
+    """Tokenized train / validation blocks and the tokenizer that made them."""
+
+    train: Int[torch.Tensor, "n_train seq"]
+    val: Int[torch.Tensor, "n_val seq"]
+    tokenizer: Tokenizer
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def __repr__(self) -> str:
+        return (
+            f"LMCorpus(train={self.train.shape[0]:,} blocks ({self.train.numel():,} tokens), "
+            f"val={self.val.shape[0]:,} blocks ({self.val.numel():,} tokens), "
+            f"seq_len={self.seq_len}, vocab_size={self.vocab_size})"
+        )
+
+
+def default_corpus(
+    seq_len: int = 128,
+    vocab_size: int = 4096,
+    max_bytes: int = 16_000_000,
+    cache_dir: str | Path | None = None,
+) -> LMCorpus:
+    """The standard-library corpus, tokenized with a BPE tokenizer trained on its train split.
+
+    Arguments:
+        seq_len: Tokens per block.
+        vocab_size: Tokenizer vocabulary size.
+        max_bytes: Bytes of source to read (see :func:`stdlib_corpus`).
+        cache_dir: If given, the tokenizer and token blocks are cached in a subfolder named after
+            the arguments and the Python version, so a second call only loads them.
+
+    Returns:
+        The :class:`LMCorpus`.
+    """
+    cache = None
+    if cache_dir is not None:
+        version = "{}.{}.{}".format(*sys.version_info[:3])
+        cache = Path(cache_dir) / f"stdlib-py{version}-bytes{max_bytes}-vocab{vocab_size}-seq{seq_len}"
+        if (cache / TOKENIZER_FILE).is_file() and (cache / TOKENS_FILE).is_file():
+            tokens = load_file(str(cache / TOKENS_FILE))
+            return LMCorpus(tokens["train"], tokens["val"], load_tokenizer(cache / TOKENIZER_FILE))
+
+    train_texts, val_texts = stdlib_corpus(max_bytes=max_bytes)
+    tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
+    corpus = LMCorpus(
+        train=tokenize_blocks(train_texts, tokenizer, seq_len),
+        val=tokenize_blocks(val_texts, tokenizer, seq_len),
+        tokenizer=tokenizer,
+    )
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({"train": corpus.train, "val": corpus.val}, str(cache / TOKENS_FILE))
+        # Tokenizer last: its presence marks a complete cache entry.
+        save_tokenizer(tokenizer, cache / TOKENIZER_FILE)
+    return corpus
+
+
+def iterate_batches(
+    tokens: Int[torch.Tensor, "n seq"],
+    batch_size: int,
+    seed: int = 0,
+    drop_last: bool = True,
+    epochs: int | None = None,
+) -> Iterator[Int[torch.Tensor, "batch seq"]]:
+    """Shuffled batches of blocks, reshuffled every epoch; deterministic for a seed.
+
+    Arguments:
+        tokens: Token blocks.
+        batch_size: Blocks per batch.
+        seed: Seed of the shuffling.
+        drop_last: Skip each epoch's final incomplete batch.
+        epochs: Number of passes over ``tokens``; ``None`` iterates forever.
+
+    Returns:
+        An iterator of batches.
+    """
+    n = tokens.shape[0]
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if drop_last and batch_size > n:
+        raise ValueError(f"batch_size={batch_size} exceeds the {n} blocks available with drop_last=True.")
+    generator = torch.Generator().manual_seed(seed)
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        order = torch.randperm(n, generator=generator)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield tokens[order[start : start + batch_size]]
+        epoch += 1

@@ -1,0 +1,272 @@
+"""The :class:`Decomposition`: every site's subcomponents plus the causal-importance function.
+
+It holds a reference to the target model (never a submodule: the model is frozen, never
+trained, never saved with the decomposition) and swaps masked weights in through the model's
+backend only inside :meth:`Decomposition.masked`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tl_vpd._typing import Float
+from tl_vpd.backends import Backend, get_backend
+from tl_vpd.components import SiteComponents
+from tl_vpd.importance import CausalImportance, build_ci_fn, ci_views
+from tl_vpd.sites import Site, select_sites
+
+__all__ = ["CIResult", "Decomposition", "resolve_site_C"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class CIResult:
+    """Causal importances of one batch: pre-activations and both leaky views (``[..., C]``)."""
+
+    pre: dict[str, torch.Tensor]
+    lower: dict[str, torch.Tensor]  # for masks
+    upper: dict[str, torch.Tensor]  # for the minimality losses
+
+
+def resolve_site_C(C: int | Mapping[str, int], names: Sequence[str]) -> dict[str, int]:
+    """Per-site C from an int or ``{glob: int}`` (first matching pattern wins)."""
+    if isinstance(C, int):
+        if C < 1:
+            raise ValueError(f"C must be >= 1, got {C}")
+        return {n: C for n in names}
+    out = {}
+    for n in names:
+        for pat, c in C.items():
+            if fnmatch.fnmatchcase(n, pat):
+                out[n] = int(c)
+                break
+        else:
+            raise ValueError(f"C: site {n!r} matches none of the patterns {list(C)}; add '*' as a default")
+    for pat in C:
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ValueError(f"C: pattern {pat!r} matches no decomposed site; sites: {list(names)}")
+    bad = {n: c for n, c in out.items() if c < 1}
+    if bad:
+        raise ValueError(f"C must be >= 1 for every site, got {bad}")
+    return out
+
+
+class Decomposition(nn.Module):
+    """Rank-1 subcomponents ``U``, ``V`` for each site of a target model, and a CI function.
+
+    Build one with :meth:`from_model` (untrained) or :func:`tl_vpd.decompose` (trained).
+
+    Attributes:
+        sites: decomposed site names, in forward order.
+        components: ``{site: SiteComponents}`` with ``.U [d_out, C]``, ``.V [C, d_in]``,
+            ``.delta [d_out, d_in]``.
+        ci_fn: the causal-importance network.
+        model: the target (not a submodule; not saved).
+    """
+
+    def __init__(self, model: nn.Module, backend: Backend, sites: Sequence[Site],
+                 components: Mapping[str, SiteComponents], ci_fn: CausalImportance, spec: dict):
+        super().__init__()
+        object.__setattr__(self, "model", model)
+        self.backend = backend
+        self._sites = {s.name: s for s in sites}
+        self._components = nn.ModuleDict({_key(n): c for n, c in components.items()})
+        self.ci_fn = ci_fn
+        self.spec = spec
+        self.leaky_alpha = spec.get("leaky_alpha", 0.01)
+
+    # ------------------------------------------------------------- construction
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        C: int | Mapping[str, int],
+        sites: str | Sequence[str] | None = None,
+        seed: int = 0,
+        *,
+        ci_fn: str = "shared_mlp",
+        ci_hidden: int = 64,
+        ci_d_model: int = 128,
+        ci_n_layers: int = 2,
+        ci_n_heads: int = 4,
+        init: str = "random",
+        leaky_alpha: float = 0.01,
+        dtype: str = "float32",
+    ) -> Decomposition:
+        """An untrained decomposition of ``model``.
+
+        Arguments:
+            model: a ``HookedTransformer`` or a model with ``vpd_sites()`` (toy models).
+            C: subcomponents per site: an int, or ``{site_pattern: int}``.
+            sites: glob patterns of the sites to decompose (default: every attention and MLP
+                matrix).
+            seed: seeds U, V and the CI function's initialisation.
+            ci_fn: ``mlp``, ``vector_mlp``, ``shared_mlp``, ``global_mlp`` or
+                ``global_transformer`` (see :mod:`tl_vpd.importance`).
+            init: ``"random"`` or ``"svd"``.
+            dtype: dtype of U, V and the CI function.
+
+        Returns:
+            The decomposition; with all masks 1 it reproduces the model exactly.
+        """
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        backend = get_backend(model)
+        chosen = select_sites(backend.find_sites(model), sites)
+        if not chosen:
+            raise ValueError("the model has no decomposable sites")
+        Cs = resolve_site_C(C, [s.name for s in chosen])
+        gen = torch.Generator().manual_seed(seed)
+        comps = {s.name: SiteComponents(s, Cs[s.name], init, gen, _DTYPES[dtype]) for s in chosen}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            ci = build_ci_fn(ci_fn, {s.name: (s.d_in, Cs[s.name]) for s in chosen},
+                             hidden=ci_hidden, d_model=ci_d_model, n_layers=ci_n_layers,
+                             n_heads=ci_n_heads)
+        device = next(iter(comps.values())).W.device
+        ci = ci.to(device=device, dtype=_DTYPES[dtype])
+        spec = dict(C=C if isinstance(C, int) else dict(C), sites=[s.name for s in chosen],
+                    seed=seed, ci_fn=ci_fn, ci_hidden=ci_hidden, ci_d_model=ci_d_model,
+                    ci_n_layers=ci_n_layers, ci_n_heads=ci_n_heads, init=init,
+                    leaky_alpha=leaky_alpha, dtype=dtype)
+        return cls(model, backend, chosen, comps, ci, spec)
+
+    # ------------------------------------------------------------- access
+    @property
+    def sites(self) -> list[str]:
+        return list(self._sites)
+
+    @property
+    def components(self) -> dict[str, SiteComponents]:
+        return {n: self._components[_key(n)] for n in self._sites}
+
+    def site(self, name: str) -> Site:
+        if name not in self._sites:
+            raise KeyError(f"{name!r} is not a decomposed site; sites: {self.sites}")
+        return self._sites[name]
+
+    def target_weight(self, site: str) -> Float[torch.Tensor, "d_out d_in"]:
+        """The target's matrix ``W`` of ``site`` (``[d_out, d_in]``)."""
+        return self.site(site).weight
+
+    # ------------------------------------------------------------- forward passes
+    def run_target(self, inputs, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One plain forward of the target, capturing every site's input.
+
+        Returns:
+            ``(output, {site: input})``; inputs are ``[..., d_in]`` (``[..., h, d_in]`` for
+            per-head sites).
+        """
+        captured: dict[str, torch.Tensor] = {}
+
+        def fn(site, x, out):
+            captured[site.name] = x
+            return None
+
+        with self.backend.hooks(self.model, list(self._sites.values()), fn):
+            out = self.model(inputs, **kwargs)
+        return out, captured
+
+    def ci(self, site_inputs: Mapping[str, torch.Tensor]) -> CIResult:
+        """Causal importances from captured site inputs (with gradient to the CI function)."""
+        dtype = next(self.ci_fn.parameters()).dtype
+        xs = {}
+        for n in self._sites:
+            x = site_inputs[n].to(dtype)
+            xs[n] = x.mean(-2) if self._sites[n].per_head_input else x
+        acts = {n: self.components[n].inner_acts(xs[n]) for n in self._sites}
+        pre = self.ci_fn(xs, acts)
+        lower, upper = ci_views(pre, self.leaky_alpha)
+        return CIResult(pre, lower, upper)
+
+    @torch.no_grad()
+    def causal_importance(self, inputs) -> dict[str, Float[torch.Tensor, "... C"]]:
+        """``{site: g}`` with ``g ∈ [0, 1]`` of shape ``[batch, pos, C]`` (``[batch, C]`` for
+        toy models) for a batch of tokens (or toy inputs)."""
+        _, xs = self.run_target(inputs)
+        return self.ci(xs).lower
+
+    @contextlib.contextmanager
+    def masked(
+        self,
+        masks: Mapping[str, torch.Tensor],
+        delta_masks: Mapping[str, torch.Tensor] | None = None,
+        *,
+        impl: str = "factorized",
+    ) -> Iterator[None]:
+        """Run the model with per-token masked weights inside the block.
+
+        Arguments:
+            masks: ``{site: [*lead, C]}``, ``*lead`` the leading shape of the site's input
+                (``[batch, pos]`` for transformers). Sites not in ``masks`` keep their weight.
+            delta_masks: ``{site: [*lead]}``; a missing site's Δ mask is 1 (Δ on).
+            impl: ``"factorized"`` (fast, default) or ``"materialized"`` (a slow reference that
+                builds ``W'[b,t]`` for every token; for tests and benchmarks).
+
+        The model is restored when the block exits, even on error.
+        """
+        unknown = set(masks) - set(self._sites)
+        if delta_masks:
+            unknown |= set(delta_masks) - set(self._sites)
+        if unknown:
+            raise KeyError(f"masks given for sites that are not decomposed: {sorted(unknown)}")
+        if impl not in ("factorized", "materialized"):
+            raise ValueError(f"impl must be 'factorized' or 'materialized', got {impl!r}")
+        delta_masks = delta_masks or {}
+        comps = self.components
+
+        def fn(site, x, out):
+            m = masks.get(site.name)
+            if m is None:
+                return None
+            comp = comps[site.name]
+            lead = x.shape[:-2] if site.per_head_input else x.shape[:-1]
+            if m.shape != (*lead, comp.C):
+                raise ValueError(f"masks[{site.name!r}] has shape {tuple(m.shape)}, expected "
+                                 f"{(*lead, comp.C)} (the input's leading shape + C)")
+            md = delta_masks.get(site.name)
+            if md is not None and md.shape != lead:
+                raise ValueError(f"delta_masks[{site.name!r}] has shape {tuple(md.shape)}, "
+                                 f"expected {tuple(lead)}")
+            if impl == "materialized":
+                return comp.materialized_output(x, m, md).to(out.dtype)
+            return comp.masked_output(x, out, m, md)
+
+        with self.backend.hooks(self.model, [self._sites[n] for n in masks], fn):
+            yield
+
+    def run_masked(self, inputs, masks, delta_masks=None, **kwargs) -> torch.Tensor:
+        """``model(inputs)`` with masked weights (see :meth:`masked`)."""
+        with self.masked(masks, delta_masks, impl=kwargs.pop("impl", "factorized")):
+            return self.model(inputs, **kwargs)
+
+    # ------------------------------------------------------------- persistence / display
+    def save(self, path) -> None:
+        """Save to a directory (safetensors + JSON); see :func:`tl_vpd.load`."""
+        from tl_vpd.io import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        comps = self.components
+        total = sum(c.C for c in comps.values())
+        n_par = sum(p.numel() for p in self.parameters())
+        lines = [f"Decomposition of {type(self.model).__name__} ({self.backend.name}): "
+                 f"{len(comps)} sites, {total} subcomponents, ci_fn={self.spec['ci_fn']}, "
+                 f"{n_par:,} trainable parameters"]
+        for n, c in list(comps.items())[:12]:
+            lines.append(f"  {n:<28} W[{c.d_out}, {c.d_in}]  C={c.C}")
+        if len(comps) > 12:
+            lines.append(f"  ... {len(comps) - 12} more")
+        return "\n".join(lines)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
