@@ -60,7 +60,10 @@ def test_unknown_key_names_key_and_suggestion():
             r"p_anneal_start_frac must be <= p_anneal_end_frac \(got 0\.8 > 0\.5\)",
         ),
         ({"p_anneal_end_frac": 1.5}, r"p_anneal_end_frac must be .*<= 1 \(got 1\.5\)"),
-        ({"routing": "foo"}, r"VPDConfig\.routing must be one of 'all', .*'uniform_k_subset' \(got 'foo'\)"),
+        (
+            {"routing": "foo"},
+            r"VPDConfig\.routing must be one of 'all', .*'uniform_k_subset' \(got 'foo'\)",
+        ),
         ({"C": 0}, r"VPDConfig\.C must be an int >= 1 \(got 0\)"),
         ({"C": {"x": 0}}, r"VPDConfig\.C\['x'\] must be an int >= 1 \(got 0\)"),
         ({"C": {}}, r"VPDConfig\.C must be"),
@@ -229,7 +232,8 @@ def test_preset_spd():
 
 
 def test_preset_errors():
-    with pytest.raises(ValueError, match="unknown VPDConfig preset 'vdp'.*'vpd', 'vpd_paper', 'spd'"):
+    valid = "'vpd', 'vpd_paper', 'spd'"
+    with pytest.raises(ValueError, match=f"unknown VPDConfig preset 'vdp'.*{valid}"):
         VPDConfig.preset("vdp")
     with pytest.raises(ValueError, match="did you mean 'coeff_delta'"):
         VPDConfig.preset("spd", coef_delta=2.0)
@@ -260,7 +264,8 @@ def test_resolve_C_unmatched_site():
 
 
 def test_resolve_C_pattern_matching_nothing():
-    with pytest.raises(ValueError, match=r"pattern 'blocks.*.mlp.W_gate' of C matches no site.*blocks.0.attn.W_Q"):
+    pattern = r"pattern 'blocks.\*.mlp.W_gate' of C matches no site.*'blocks.0.attn.W_Q'"
+    with pytest.raises(ValueError, match=pattern):
         resolve_C({"blocks.*.mlp.W_gate": 8, "*": 64}, SITES)
 
 

@@ -145,7 +145,7 @@ def test_site_selection_and_per_site_C():
     assert [c.C for c in dec.components.values()] == [4, 4, 12, 12, 12]
     with pytest.raises(ValueError, match="matches no site"):
         Decomposition.from_model(model, C=4, sites=["blocks.*.mlp.W_up"])
-    with pytest.raises(ValueError, match="matches no decomposed site"):
+    with pytest.raises(ValueError, match="of C matches no site"):
         Decomposition.from_model(model, C={"*.W_foo": 3, "*": 4})
 
 

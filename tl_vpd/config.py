@@ -55,7 +55,7 @@ class VPDConfig:
     __no_type_check__ = True
 
     # --- what is decomposed --------------------------------------------------------------------
-    C: int | dict[str, int] = 64  # tuned for CPU: the VPD paper uses 512-3584 per matrix at d_model 768
+    C: int | dict[str, int] = 64  # tuned for CPU: the VPD paper has 512-3584 per matrix
     sites: tuple[str, ...] | None = None  # DESIGN.md: None = every attention and MLP matrix
 
     # --- run length ----------------------------------------------------------------------------
@@ -68,35 +68,36 @@ class VPDConfig:
     lr_warmup_steps: int = 0  # VPD paper: no warm-up of the main lr is stated
     lr_final_frac: float = 0.1  # VPD paper: cosine decay to 10% of the initial lr
     weight_decay: float = 0.0  # VPD paper
-    grad_clip_components: float | None = 1.0  # tuned for CPU: clips spikes only; the paper's 0.01 pairs with lr 5e-5
-    grad_clip_ci: float | None = 1.0  # tuned for CPU: the VPD paper states no clip for the CI net; guards spikes
-    faithfulness_warmup_steps: int = 200  # tuned for CPU: half the VPD paper's 400 for a 2000-step run
+    grad_clip_components: float | None = 1.0  # tuned for CPU: spikes only; paper 0.01 at lr 5e-5
+    grad_clip_ci: float | None = 1.0  # tuned for CPU: guards spikes; the VPD paper states none
+    faithfulness_warmup_steps: int = 200  # tuned for CPU: half the VPD paper's 400
     faithfulness_warmup_lr: float = 1e-3  # VPD paper
     init: InitKind = "random"  # ALGORITHM.md: Kaiming-style; the VPD paper does not state its init
 
     # --- causal-importance function ------------------------------------------------------------
-    ci_fn: CIFnKind = "shared_mlp"  # tuned for CPU: the paper's global transformer is costly at this scale
-    ci_hidden: int = 64  # tuned for CPU: hidden width of per-subcomponent / per-site MLPs (SPD paper: 16-128)
+    ci_fn: CIFnKind = "shared_mlp"  # tuned for CPU: the paper's "global_transformer" is costly
+    ci_hidden: int = 64  # tuned for CPU: width of the per-site/subcomponent MLPs (SPD: 16-128)
     ci_d_model: int = 128  # tuned for CPU: the VPD paper's global transformer uses 2048
     ci_n_layers: int = 2  # tuned for CPU: the VPD paper uses 8 blocks
     ci_n_heads: int = 4  # tuned for CPU: the VPD paper uses 16 heads
     leaky_alpha: float = 0.01  # VPD paper: slope of the leaky hard sigmoids
 
     # --- loss coefficients ---------------------------------------------------------------------
-    coeff_delta: float = 1e7  # VPD paper: Δ-L2 (the SPD paper's faithfulness loss, there coefficient 1)
+    coeff_delta: float = 1e7  # VPD paper: Δ-L2 (the SPD paper's faithfulness loss, coeff 1 there)
+    use_delta_component: bool = True  # VPD paper: Δ = W − UV is masked by its own source; SPD has no Δ (mask 0)
     coeff_stochastic: float = 0.5  # VPD paper
-    coeff_layerwise: float = 0.0  # VPD paper: uniform-k-subset routing replaces SPD's layerwise loss
+    coeff_layerwise: float = 0.0  # VPD paper: subset routing replaces SPD's layerwise loss
     coeff_adversarial: float = 0.5  # VPD paper
-    coeff_importance: float = 2e-4  # VPD paper: multiplies the fused minimality loss; tune this first
-    freq_beta: float = 0.5  # VPD paper: fused form, frequency coefficient = freq_beta × importance coefficient
-    freq_ref_tokens: int = 32768  # VPD paper: 64 × 512 tokens per batch, where our frequency term equals theirs
+    coeff_importance: float = 2e-4  # VPD paper: scales the fused minimality loss; tune it first
+    freq_beta: float = 0.5  # VPD paper: frequency coefficient = freq_beta × coeff_importance
+    freq_ref_tokens: int = 32768  # VPD paper: its 64 × 512 tokens per batch (see losses.py)
 
     # --- minimality p-annealing ----------------------------------------------------------------
     p_start: float = 2.0  # VPD paper
     p_end: float = 0.4  # VPD paper
     p_anneal_start_frac: float = 0.0  # VPD paper: anneal over the whole run
     p_anneal_end_frac: float = 1.0  # VPD paper: anneal over the whole run
-    importance_eps: float = 1e-12  # VPD paper leaves ε "small"; keeps the gradient of |g+ε|^p finite at 0
+    importance_eps: float = 1e-12  # VPD paper: ε "small"; keeps the gradient of |g+ε|^p finite
 
     # --- masks and routing ---------------------------------------------------------------------
     n_mask_samples: int = 1  # VPD and SPD papers: S = 1
@@ -112,10 +113,10 @@ class VPDConfig:
     ppgd_betas: tuple[float, float] = (0.5, 0.99)  # VPD paper
     ppgd_inner_steps: int = 2  # VPD paper: 2 warm-up ascent steps before the outer pass
     ppgd_scope: PPGDScopeKind = "per_token"  # VPD paper
-    ppgd_bank_size: int = 8  # tuned for CPU: size of the "bank" scope, which the VPD paper does not use
+    ppgd_bank_size: int = 8  # tuned for CPU: masks in the "bank" scope (unused by the VPD paper)
 
     # --- reconstruction distance ---------------------------------------------------------------
-    recon_loss: ReconLossKind = "auto"  # VPD/SPD papers: KL for language models, MSE for toy models
+    recon_loss: ReconLossKind = "auto"  # VPD/SPD papers: KL for LMs, MSE for toy models
 
     # --- evaluation, logging, bookkeeping ------------------------------------------------------
     eval_every: int = 0  # library choice: 0 = evaluate only when asked
@@ -168,6 +169,8 @@ class VPDConfig:
             if not isinstance(value, str) or value not in options:
                 allowed = ", ".join(repr(o) for o in options)
                 raise ValueError(f"VPDConfig.{name} must be one of {allowed} (got {value!r})")
+        if not isinstance(self.use_delta_component, bool):
+            raise TypeError(f"VPDConfig.use_delta_component must be a bool (got {self.use_delta_component!r})")
         if not isinstance(self.progress, bool):
             raise TypeError(f"VPDConfig.progress must be a bool (got {self.progress!r})")
         if self.wandb_project is not None and not (
@@ -175,7 +178,8 @@ class VPDConfig:
         ):
             error = ValueError if isinstance(self.wandb_project, str) else TypeError
             raise error(
-                f"VPDConfig.wandb_project must be None or a non-empty str (got {self.wandb_project!r})"
+                "VPDConfig.wandb_project must be None or a non-empty str "
+                f"(got {self.wandb_project!r})"
             )
 
         self._check_cross_field()
@@ -234,7 +238,9 @@ class VPDConfig:
                 if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                     raise TypeError(f"VPDConfig.C[{pattern!r}] must be an int >= 1 (got {value!r})")
                 if value < 1:
-                    raise ValueError(f"VPDConfig.C[{pattern!r}] must be an int >= 1 (got {value!r})")
+                    raise ValueError(
+                        f"VPDConfig.C[{pattern!r}] must be an int >= 1 (got {value!r})"
+                    )
             object.__setattr__(self, "C", {p: int(v) for p, v in C.items()})
             return
         if isinstance(C, bool) or not isinstance(C, numbers.Integral):
@@ -373,7 +379,9 @@ class VPDConfig:
         text = path.read_text()
         data = json.loads(text) if suffix == ".json" else yaml.load(text, Loader=_YAMLLoader)
         if not isinstance(data, Mapping):
-            raise ValueError(f"{path} must hold a mapping of config fields (got {type(data).__name__})")
+            raise ValueError(
+                f"{path} must hold a mapping of config fields (got {type(data).__name__})"
+            )
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "VPDConfig":
@@ -493,6 +501,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_mask_samples": 1,  # SPD paper A.4: S = 1
         "routing": "all",  # SPD paper: stochastic recon masks every site
         "adversary": "none",  # SPD paper
+        "use_delta_component": False,  # SPD paper: masked weights are U diag(m) V, no Δ
     },
 }
 

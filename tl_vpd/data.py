@@ -184,7 +184,11 @@ def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
 
 
 def load_hf_dataset_texts(
-    name: str, split: str = "train", text_column: str = "text", max_docs: int | None = None
+    name: str,
+    split: str = "train",
+    text_column: str = "text",
+    max_docs: int | None = None,
+    config: str | None = None,
 ) -> list[str]:
     """Texts of a Hugging Face dataset (needs the optional ``datasets`` package).
 
@@ -193,6 +197,7 @@ def load_hf_dataset_texts(
         split: Dataset split.
         text_column: Column holding the text.
         max_docs: Stream and keep only this many documents instead of downloading the whole split.
+        config: Dataset configuration, for datasets that have several (e.g. ``"wikitext-2-raw-v1"``).
 
     Returns:
         One string per document.
@@ -206,7 +211,7 @@ def load_hf_dataset_texts(
     if not Path(name).exists():
         check_hub_reachable(f"dataset {name!r}")
     streaming = max_docs is not None
-    dataset = datasets.load_dataset(name, split=split, streaming=streaming)
+    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
     if streaming:
         dataset = dataset.take(max_docs)
     texts = []

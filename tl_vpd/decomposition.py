@@ -8,7 +8,6 @@ backend only inside :meth:`Decomposition.masked`.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,10 +17,11 @@ from torch import nn
 from tl_vpd._typing import Float
 from tl_vpd.backends import Backend, get_backend
 from tl_vpd.components import SiteComponents
+from tl_vpd.config import resolve_C
 from tl_vpd.importance import CausalImportance, build_ci_fn, ci_views
 from tl_vpd.sites import Site, select_sites
 
-__all__ = ["CIResult", "Decomposition", "resolve_site_C"]
+__all__ = ["CIResult", "Decomposition"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -33,29 +33,6 @@ class CIResult:
     pre: dict[str, torch.Tensor]
     lower: dict[str, torch.Tensor]  # for masks
     upper: dict[str, torch.Tensor]  # for the minimality losses
-
-
-def resolve_site_C(C: int | Mapping[str, int], names: Sequence[str]) -> dict[str, int]:
-    """Per-site C from an int or ``{glob: int}`` (first matching pattern wins)."""
-    if isinstance(C, int):
-        if C < 1:
-            raise ValueError(f"C must be >= 1, got {C}")
-        return {n: C for n in names}
-    out = {}
-    for n in names:
-        for pat, c in C.items():
-            if fnmatch.fnmatchcase(n, pat):
-                out[n] = int(c)
-                break
-        else:
-            raise ValueError(f"C: site {n!r} matches none of the patterns {list(C)}; add '*' as a default")
-    for pat in C:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise ValueError(f"C: pattern {pat!r} matches no decomposed site; sites: {list(names)}")
-    bad = {n: c for n, c in out.items() if c < 1}
-    if bad:
-        raise ValueError(f"C must be >= 1 for every site, got {bad}")
-    return out
 
 
 class Decomposition(nn.Module):
@@ -122,7 +99,7 @@ class Decomposition(nn.Module):
         chosen = select_sites(backend.find_sites(model), sites)
         if not chosen:
             raise ValueError("the model has no decomposable sites")
-        Cs = resolve_site_C(C, [s.name for s in chosen])
+        Cs = resolve_C(C, [s.name for s in chosen])
         gen = torch.Generator().manual_seed(seed)
         comps = {s.name: SiteComponents(s, Cs[s.name], init, gen, _DTYPES[dtype]) for s in chosen}
         with torch.random.fork_rng(devices=[]):

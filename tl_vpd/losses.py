@@ -1,13 +1,14 @@
 """The VPD losses and schedules, as pure functions of tensors and numbers.
 
 Notation follows ``shared/ALGORITHM.md``: a site has target weight ``W`` ``[d_out, d_in]``,
-subcomponents ``U`` ``[d_out, C]`` and ``V`` ``[C, d_in]``, and ``Δ = W − U V``. ``ci_upper`` is the
-causal importance ``g`` after the upper-leaky hard sigmoid, one tensor ``[*batch, C]`` per site
-(``[batch, pos, C]`` for a transformer, ``[batch, C]`` for a toy model).
+subcomponents ``U`` ``[d_out, C]`` and ``V`` ``[C, d_in]``, and ``Δ = W − U V``. ``ci_upper`` is
+the causal importance ``g`` after the upper-leaky hard sigmoid, one tensor ``[*batch, C]`` per
+site (``[batch, pos, C]`` for a transformer, ``[batch, C]`` for a toy model).
 
-Total loss (VPD paper):
-``coeff_adversarial·L_adv + coeff_stochastic·L_stoch + coeff_importance·L_min + coeff_delta·L_Δ``,
-where ``L_min = L_imp + freq_beta·L_freq`` is the paper's fused minimality loss.
+Total loss (VPD paper), with the config's coefficients:
+``coeff_adversarial·L_adv + coeff_stochastic·L_stoch + coeff_importance·L_min
++ coeff_delta·L_Δ``, where ``L_min = L_imp + freq_beta·L_freq`` is the paper's fused minimality
+loss.
 """
 
 import math
@@ -34,7 +35,7 @@ __all__ = [
 
 
 def faithfulness_loss(deltas: Sequence[Float[Tensor, "_d_out _d_in"]]) -> Float[Tensor, ""]:
-    """Δ-L2: the mean squared entry of the residuals `Δ = W − U V` over all decomposed parameters.
+    """Δ-L2: the mean squared entry of the residuals `Δ = W − U V` over all decomposed weights.
 
     `Σ_sites ‖Δ‖_F² / Σ_sites numel(Δ)` — the VPD paper's Δ-L2 loss and the SPD paper's
     faithfulness loss (the same quantity). Sums are taken in at least float32.

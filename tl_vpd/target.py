@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,13 +132,19 @@ def _mean_ce(model: HookedTransformer, batches: list[torch.Tensor]) -> float:
     return total / count
 
 
-def _state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
+def _save_model(model: HookedTransformer, path: Path) -> None:
     # safetensors refuses tensors that share memory, and TL buffers may; copies are tiny here.
-    return {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
+    # Write then rename, so a Ctrl-C mid-write never leaves a truncated file under the real name.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
 
 
 def _write_json(obj: object, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -211,6 +218,8 @@ def train_target(
     for name, tokens in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
         if tokens.numel() and int(tokens.max()) >= cfg.d_vocab:
             raise ValueError(f"{name} has token id {int(tokens.max())} >= cfg.d_vocab={cfg.d_vocab}.")
+    if len(val_tokens) == 0:
+        raise ValueError("val_tokens is empty; validation needs at least one block.")
     if steps <= 0 or eval_every <= 0:
         raise ValueError(f"steps ({steps}) and eval_every ({eval_every}) must be positive.")
 
@@ -244,12 +253,12 @@ def train_target(
     def evaluate(step: int) -> None:
         curve.append({"step": step, "tokens_seen": step * batch_size * seq, "val_ce": _mean_ce(model, val_batches)})
         if run_path is not None:
-            save_file(_state_dict(model), str(run_path / CHECKPOINT_DIR / f"step_{step}.safetensors"))
+            _save_model(model, run_path / CHECKPOINT_DIR / f"step_{step}.safetensors")
             _write_json(curve, run_path / CURVE_FILE)
 
     def save_final() -> None:
         if run_path is not None:
-            save_file(_state_dict(model), str(run_path / MODEL_FILE))
+            _save_model(model, run_path / MODEL_FILE)
             _write_json(curve, run_path / CURVE_FILE)
 
     bar = tqdm(range(1, steps + 1), desc="training target", disable=not progress)

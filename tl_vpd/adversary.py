@@ -1,0 +1,147 @@
+"""Adversarial sources: fresh PGD and persistent PGD.
+
+Both search for sources ``s ∈ [0, 1]`` (masks ``m = g + (1 − g) s``) that *maximise* the
+reconstruction loss, with U, V and the CI function frozen during the search (only the sources
+receive gradient, via ``torch.autograd.grad``). The training step then runs one more masked
+forward with the found sources as constants; its loss trains U, V and CI.
+
+Scopes (shape of a site's sources, ``C + 1`` entries with Δ last):
+
+* ``per_token`` — ``[*lead, C + 1]``, one source per example and position;
+* ``shared`` — ``[C + 1]``, one source per subcomponent for the whole batch (the VPD paper's
+  evaluation adversary: it cannot exploit per-datapoint superposition noise);
+* ``bank`` — ``[K, C + 1]``; each example draws one of K persistent sources (persistent only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+__all__ = ["PersistentSources", "fresh_pgd", "init_sources"]
+
+LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def init_sources(ci: Mapping[str, torch.Tensor], scope: str, init: str,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Initial sources for every site: ``random`` (U(0,1)), ``ones`` or ``zeros``."""
+    out = {}
+    for name, g in ci.items():
+        shape = (*g.shape[:-1], g.shape[-1] + 1) if scope == "per_token" else (g.shape[-1] + 1,)
+        if init == "random":
+            s = torch.rand(shape, generator=generator)
+        elif init == "ones":
+            s = torch.ones(shape)
+        elif init == "zeros":
+            s = torch.zeros(shape)
+        else:
+            raise ValueError(f"pgd init must be 'random', 'ones' or 'zeros', got {init!r}")
+        out[name] = s.to(g.device, g.dtype)
+    return out
+
+
+def fresh_pgd(loss_fn: LossFn, sources: dict[str, torch.Tensor], n_steps: int,
+              step_size: float) -> dict[str, torch.Tensor]:
+    """``n_steps`` of sign-gradient ascent ``s ← clamp(s + step_size · sign(∇_s L), 0, 1)``.
+
+    Arguments:
+        loss_fn: maps sources to the reconstruction loss (it must not need gradients of anything
+            but the sources: pass detached CI).
+        sources: starting sources (not modified).
+
+    Returns:
+        The final sources, detached.
+    """
+    s = {k: v.detach().clone() for k, v in sources.items()}
+    for _ in range(n_steps):
+        for v in s.values():
+            v.requires_grad_(True)
+        loss = loss_fn(s)
+        grads = torch.autograd.grad(loss, list(s.values()))
+        with torch.no_grad():
+            s = {k: (v + step_size * gr.sign()).clamp_(0.0, 1.0)
+                 for (k, v), gr in zip(s.items(), grads)}
+    return {k: v.detach() for k, v in s.items()}
+
+
+class PersistentSources:
+    """Sources that persist across training steps, ascended with Adam (VPD paper).
+
+    Arguments:
+        scope: ``per_token``, ``shared`` or ``bank``.
+        lr, betas: Adam hyperparameters of the ascent (paper: 0.01, (0.5, 0.99)).
+        bank_size: K for the ``bank`` scope.
+    """
+
+    def __init__(self, scope: str, lr: float, betas: tuple[float, float], bank_size: int = 8,
+                 init: str = "random"):
+        if scope not in ("per_token", "shared", "bank"):
+            raise ValueError(f"persistent PGD scope must be per_token/shared/bank, got {scope!r}")
+        self.scope, self.lr, self.betas, self.bank_size, self.init = scope, lr, betas, bank_size, init
+        self.sources: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Adam | None = None
+        self._bank_index: torch.Tensor | None = None
+
+    def _ensure(self, ci: Mapping[str, torch.Tensor], generator: torch.Generator | None) -> None:
+        def shape(g):
+            if self.scope == "per_token":
+                return (*g.shape[:-1], g.shape[-1] + 1)
+            if self.scope == "shared":
+                return (g.shape[-1] + 1,)
+            return (self.bank_size, g.shape[-1] + 1)
+
+        if self.sources and all(tuple(self.sources[k].shape) == shape(g) for k, g in ci.items()):
+            return
+        # First step, or the batch shape changed: (re)initialise.
+        self.sources = {}
+        for k, g in ci.items():
+            s = torch.rand(shape(g), generator=generator) if self.init == "random" else torch.full(shape(g), 0.5)
+            self.sources[k] = s.to(g.device, g.dtype).requires_grad_(True)
+        self.optimizer = torch.optim.Adam(list(self.sources.values()), lr=self.lr,
+                                          betas=self.betas, maximize=True)
+
+    def current(self, ci: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+        """The sources to use this step, broadcastable to ``[*lead, C + 1]`` (require grad)."""
+        self._ensure(ci, generator)
+        if self.scope != "bank":
+            return dict(self.sources)
+        g0 = next(iter(ci.values()))
+        n_ex = g0.shape[0] if g0.dim() > 1 else 1
+        self._bank_index = torch.randint(0, self.bank_size, (n_ex,), generator=generator)
+        extra = g0.dim() - 2  # positions between the example axis and C
+        return {k: s[self._bank_index.to(s.device)].view(n_ex, *([1] * extra), -1)
+                for k, s in self.sources.items()}
+
+    def ascend(self) -> None:
+        """One Adam ascent step on the accumulated ``.grad``, then clamp to [0, 1]."""
+        assert self.optimizer is not None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for s in self.sources.values():
+                s.clamp_(0.0, 1.0)
+
+    def warmup(self, loss_fn: LossFn, ci, n_steps: int, generator=None) -> None:
+        """``n_steps`` inner ascent steps with everything but the sources frozen."""
+        for _ in range(n_steps):
+            cur = self.current(ci, generator)
+            loss = loss_fn(cur)
+            grads = torch.autograd.grad(loss, list(self.sources.values()), allow_unused=True)
+            for s, gr in zip(self.sources.values(), grads):
+                s.grad = None if gr is None else gr
+            self.ascend()
+
+    def state_dict(self) -> dict:
+        return {"sources": {k: v.detach().clone() for k, v in self.sources.items()},
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sources = {k: v.clone().requires_grad_(True) for k, v in state["sources"].items()}
+        if self.sources:
+            self.optimizer = torch.optim.Adam(list(self.sources.values()), lr=self.lr,
+                                              betas=self.betas, maximize=True)
+            if state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
