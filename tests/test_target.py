@@ -124,6 +124,11 @@ def test_checkpoint_matches_final_model(run):
     assert all(torch.equal(final[name], t) for name, t in run.model.state_dict().items())
 
 
+def test_run_dir_is_not_overwritten(run, corpus, tiny_cfg):
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train_target(tiny_cfg, corpus.train, corpus.val, steps=1, run_dir=run.run_dir, progress=False)
+
+
 def test_load_target_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json.*model.safetensors"):
         load_target(tmp_path)

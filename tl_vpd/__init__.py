@@ -7,8 +7,21 @@
 __version__ = "0.1.0"
 
 from tl_vpd.components import SiteComponents
+from tl_vpd.config import VPDConfig
+from tl_vpd.decompose import NonFiniteLossError, Trainer, decompose
 from tl_vpd.decomposition import CIResult, Decomposition
 from tl_vpd.io import load
 from tl_vpd.sites import Site
 
-__all__ = ["CIResult", "Decomposition", "Site", "SiteComponents", "__version__", "load"]
+__all__ = [
+    "CIResult",
+    "Decomposition",
+    "NonFiniteLossError",
+    "Site",
+    "SiteComponents",
+    "Trainer",
+    "VPDConfig",
+    "__version__",
+    "decompose",
+    "load",
+]

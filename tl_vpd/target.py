@@ -225,6 +225,10 @@ def train_target(
 
     run_path = None if run_dir is None else Path(run_dir)
     if run_path is not None:
+        stale = [name for name in (MODEL_FILE, CURVE_FILE) if (run_path / name).exists()]
+        if stale:
+            # Mixing this run's checkpoints with another's would make load_target lie.
+            raise FileExistsError(f"{run_path} already holds a run ({stale}); pick a new run_dir or delete it.")
         (run_path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
         _write_json(_config_args(cfg), run_path / CONFIG_FILE)
         if tokenizer is not None:

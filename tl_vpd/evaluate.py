@@ -1,0 +1,441 @@
+"""Evaluation of a decomposition: L0, reconstruction under masking modes, adversarial KL.
+
+:func:`evaluate` measures what the VPD paper reports (digest §8) and returns an
+:class:`EvalReport`; :func:`quick_eval` is what the training loop logs every ``eval_every`` steps.
+
+Masking modes of the reconstruction table (Δ is excluded — its mask is 0 — in every mode but the
+last, as in the paper):
+
+* ``target`` — the model itself;
+* ``unmasked`` — every mask 1, so the weights are ``U V``;
+* ``stochastic`` — ``m = g + (1 − g) r`` with ``r ~ U(0, 1)``;
+* ``CI as mask`` — ``m = g``;
+* ``rounded CI > t`` — ``m = 1`` where ``g > t``, else 0, for ``t`` in 0, 0.1, 0.5;
+* ``zero-ablated`` — every mask 0: every decomposed matrix removed;
+* ``unmasked, Δ on`` — masks 1 and Δ mask 1, i.e. ``U V + Δ = W``: must equal the target (a
+  sanity check of the swap).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tl_vpd.adversary import fresh_pgd, init_sources
+from tl_vpd.losses import recon_loss
+from tl_vpd.masking import masks_from_sources, sample_sources
+
+__all__ = ["EvalReport", "eval_batches", "evaluate", "l0_per_site", "pgd_recon", "quick_eval",
+           "compute_recovered"]
+
+ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)  # VPD paper: rounded-CI masks
+ALIVE_THRESHOLD = 1e-6  # VPD paper: a subcomponent is alive if its mean CI exceeds this
+TARGET, UNMASKED, ZERO, DELTA_ON = "target", "unmasked", "zero-ablated", "unmasked, Δ on"
+
+
+def l0_per_site(ci: Mapping[str, torch.Tensor], threshold: float = 0.0) -> dict[str, float]:
+    """Mean number of subcomponents with ``g > threshold`` per token, per site."""
+    return {k: (g > threshold).float().sum(-1).mean().item() for k, g in ci.items()}
+
+
+def pgd_recon(dec, batch, target, ci, n_steps: int, step_size: float | None = None,
+              scope: str = "shared", kind: str = "kl", init: str = "random",
+              generator: torch.Generator | None = None) -> float:
+    """Reconstruction loss under a fresh PGD attack (sources shared across the batch by default,
+    the VPD paper's evaluation adversary). ``step_size`` defaults to ``2 / n_steps`` (the
+    paper's heuristic ``n · lr ≈ 2``)."""
+    step_size = 2.0 / max(n_steps, 1) if step_size is None else step_size
+    ci = {k: v.detach() for k, v in ci.items()}
+
+    def loss_fn(sources):
+        masks, dmasks = masks_from_sources(ci, sources)
+        return recon_loss(target, dec.run_masked(batch, masks, dmasks), kind)
+
+    with torch.enable_grad():
+        sources = fresh_pgd(loss_fn, init_sources(ci, scope, init, generator), n_steps, step_size)
+    with torch.no_grad():
+        return loss_fn(sources).item()
+
+
+def eval_batches(data, cfg, n: int):
+    """Up to ``n`` evaluation batches from ``data`` (tensor, iterable or toy callable)."""
+    from tl_vpd.data_stream import DataStream
+
+    stream = DataStream(data, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 12345)
+    if stream.tokens is not None:
+        n = min(n, max(1, stream.tokens.shape[0] // cfg.batch_size))
+    return [stream.next() for _ in range(n)]
+
+
+def quick_eval(dec, data, cfg, kind: str) -> dict[str, float]:
+    """L0 (total), stochastic and adversarial reconstruction on a few batches of ``data``."""
+    gen = torch.Generator().manual_seed(cfg.seed + 999)
+    totals = {"l0": 0.0, "stochastic": 0.0, "adversarial": 0.0}
+    batches = eval_batches(data, cfg, cfg.eval_batches)
+    for batch in batches:
+        with torch.no_grad():
+            target, inputs = dec.run_target(batch)
+            ci = dec.ci(inputs).lower
+            totals["l0"] += sum(l0_per_site(ci).values())
+            masks, dmasks = masks_from_sources(ci, sample_sources(ci, gen))
+            totals["stochastic"] += recon_loss(target, dec.run_masked(batch, masks, dmasks), kind).item()
+        totals["adversarial"] += pgd_recon(dec, batch, target, ci, cfg.eval_pgd_steps, kind=kind,
+                                           generator=gen)
+    return {k: v / len(batches) for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------------------------- the report
+@dataclass
+class EvalReport:
+    """Everything :func:`evaluate` measures, as plain JSON-safe tables (lists of dicts).
+
+    Attributes:
+        metric: ``"ce"`` for language models (next-token CE and per-token KL to the target) or
+            ``"mse"`` for toy models (MSE to the target's output).
+        recon: one row per masking mode (see the module docstring): ``mode`` and, for LMs,
+            ``ce``, ``kl``, ``ce_recovered`` (``1 − (CE − CE_target)/(CE_zero − CE_target)``) and
+            ``compute_recovered`` (fraction of the target's pretraining tokens at which its
+            curve reaches this CE; ``None`` without a curve); for toy models ``mse`` and
+            ``mse_recovered``.
+        sites: per site: ``site``, ``layer``, ``C``, ``l0`` (mean #subcomponents with CI > 0 per
+            token), ``alive`` (mean CI > 1e-6), ``fired`` (CI > 0 on at least one token),
+            ``l0_per_alive``.
+        layers: the same summed per layer (``layer`` is ``None`` for sites outside blocks).
+        total: the same summed over all sites.
+        adversarial: per PGD step count: ``pgd_steps`` and ``kl`` (``mse`` for toy models) under
+            fresh PGD with sources shared across the batch, step size ``2/n``.
+        zero_ablated: KL (MSE) with every decomposed matrix zero-ablated, the adversary's ceiling.
+        n_tokens: tokens (toy: examples) the L0 and alive counts are measured on.
+        settings: how it was measured (batches, batch size, sequence length, seed, ...).
+    """
+
+    metric: str
+    recon: list[dict]
+    sites: list[dict]
+    layers: list[dict]
+    total: dict
+    adversarial: list[dict]
+    zero_ablated: float
+    n_tokens: int
+    settings: dict = field(default_factory=dict)
+
+    def row(self, mode: str) -> dict:
+        """The reconstruction row of one masking mode, e.g. ``report.row("unmasked")["ce"]``."""
+        for r in self.recon:
+            if r["mode"] == mode:
+                return r
+        raise KeyError(f"no masking mode {mode!r}; modes: {[r['mode'] for r in self.recon]}")
+
+    # ------------------------------------------------------------ persistence
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> EvalReport:
+        return cls(**d)
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvalReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # ------------------------------------------------------------ display
+    def _tables(self) -> list[tuple[str, list[tuple[str, str]], list[dict]]]:
+        """(title, [(key, header)], rows) of every table, shared by the text and HTML views."""
+        if self.metric == "ce":
+            recon_cols = [("mode", "mode"), ("ce", "CE"), ("kl", "KL(target‖·)"),
+                          ("ce_recovered", "CE recovered"), ("compute_recovered", "compute recovered")]
+            adv_key = "kl"
+        else:
+            recon_cols = [("mode", "mode"), ("mse", "MSE"), ("mse_recovered", "MSE recovered")]
+            adv_key = "mse"
+        unit = "tokens" if self.metric == "ce" else "examples"
+        alive_cols = [("C", "C"), ("l0", "L0"), ("alive", "alive"), ("fired", "fired"), ("l0_per_alive", "L0/alive")]
+        adv_rows = [{"attack": f"PGD {r['pgd_steps']} steps", adv_key: r[adv_key]} for r in self.adversarial]
+        adv_rows.append({"attack": "zero-ablated", adv_key: self.zero_ablated})
+        return [
+            ("Reconstruction (Δ excluded except in the last row)", recon_cols, self.recon),
+            (f"L0 (CI > 0) and alive subcomponents per layer: alive = mean CI > {ALIVE_THRESHOLD:g}, "
+             f"fired = CI > 0 at least once in {self.n_tokens:,} {unit}",
+             [("layer", "layer")] + alive_cols, self.layers + [{"layer": "total", **self.total}]),
+            ("Per site", [("site", "site")] + alive_cols, self.sites),
+            (f"Adversarial {adv_key.upper()} (fresh PGD, sources shared across the batch, step 2/n)",
+             [("attack", "attack"), (adv_key, adv_key.upper())], adv_rows),
+        ]
+
+    def _header(self) -> str:
+        s = self.settings
+        shape = " × ".join(str(s[k]) for k in ("n_batches", "batch_size", "seq_len") if s.get(k))
+        return f"EvalReport ({self.metric}): {shape} = {self.n_tokens:,} tokens" if shape else \
+            f"EvalReport ({self.metric}): {self.n_tokens:,} tokens"
+
+    def __repr__(self) -> str:
+        parts = [self._header()]
+        for title, cols, rows in self._tables():
+            parts += ["", title, _text_table(cols, rows)]
+        return "\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<b>{html.escape(self._header())}</b>"]
+        for title, cols, rows in self._tables():
+            parts.append(f"<p><i>{html.escape(title)}</i></p>{_html_table(cols, rows)}")
+        return "<div>" + "\n".join(parts) + "</div>"
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool) or isinstance(v, str):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if key.endswith("recovered"):
+        return f"{100 * v:.1f}%"
+    if key == "l0_per_alive":
+        return f"{v:.3f}"
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+
+
+def _text_table(cols: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
+    cells = [[h for _, h in cols]] + [[_fmt(k, r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    lines = []
+    for j, c in enumerate(cells):
+        # First column left-aligned (names), the rest right-aligned (numbers).
+        lines.append("  ".join(x.ljust(w) if i == 0 else x.rjust(w)
+                               for i, (x, w) in enumerate(zip(c, widths))).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _html_table(cols: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>"
+                         f"{html.escape(_fmt(k, r.get(k)))}</td>" for i, (k, _) in enumerate(cols)) + "</tr>"
+        for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# ---------------------------------------------------------------------------------- measuring
+def compute_recovered(ce: float, ce_target: float, curve: Sequence[Mapping] | None) -> float | None:
+    """Fraction of the target's pretraining tokens at which its validation curve first reaches
+    the CE of a masked model (linear interpolation between checkpoints).
+
+    The curve's CE and ``ce`` are measured on different tokens, so the masked model's
+    degradation ``ce − ce_target`` (both on the evaluation tokens) is placed on the curve
+    relative to its final value. A CE never reached (better than the target's) counts as 1.
+
+    Arguments:
+        ce: CE of the masked model on the evaluation tokens.
+        ce_target: CE of the target on the same tokens.
+        curve: ``[{"step", "tokens_seen", "val_ce"}, ...]`` in training order, or ``None``.
+
+    Returns:
+        A fraction in ``[0, 1]``, or ``None`` without a curve.
+    """
+    if not curve:
+        return None
+    total = max(p["tokens_seen"] for p in curve)
+    if total <= 0:
+        return None
+    level = curve[-1]["val_ce"] + (ce - ce_target)
+    prev = None
+    for p in curve:
+        if p["val_ce"] <= level:
+            if prev is None:
+                return 0.0
+            frac = (prev["val_ce"] - level) / (prev["val_ce"] - p["val_ce"])
+            tokens = prev["tokens_seen"] + frac * (p["tokens_seen"] - prev["tokens_seen"])
+            return min(1.0, max(0.0, tokens / total))
+        prev = p
+    return 1.0
+
+
+def _mask_modes(ci: Mapping[str, torch.Tensor], generator: torch.Generator
+                ) -> Iterator[tuple[str, dict, dict]]:
+    """``(mode, masks, delta_masks)`` of every masking mode but the target."""
+    off = {k: g.new_zeros(g.shape[:-1]) for k, g in ci.items()}
+    ones = {k: torch.ones_like(g) for k, g in ci.items()}
+    yield UNMASKED, ones, off
+    yield "stochastic", masks_from_sources(ci, sample_sources(ci, generator))[0], off
+    yield "CI as mask", dict(ci), off
+    for t in ROUNDING_THRESHOLDS:
+        yield f"rounded CI > {t:g}", {k: (g > t).to(g.dtype) for k, g in ci.items()}, off
+    yield ZERO, {k: torch.zeros_like(g) for k, g in ci.items()}, off
+    yield DELTA_ON, ones, {k: g.new_ones(g.shape[:-1]) for k, g in ci.items()}
+
+
+class _Sums:
+    """Running sums of one masking mode's metrics over batches."""
+
+    def __init__(self):
+        self.values: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, total: float, count: int) -> None:
+        self.values[key] = self.values.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    def mean(self, key: str) -> float:
+        return self.values[key] / self.counts[key]
+
+
+def _measure(metric: str, batch, target: torch.Tensor, out: torch.Tensor, sums: _Sums) -> None:
+    if metric == "mse":
+        sums.add("mse", (out.double() - target.double()).pow(2).sum().item(), target.numel())
+        return
+    logits = out.double()
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten().to(logits.device),
+                         reduction="sum")
+    sums.add("ce", ce.item(), batch[:, 1:].numel())
+    kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target.double(), -1),
+                  reduction="none", log_target=True).sum(-1)
+    sums.add("kl", kl.sum().item(), kl.numel())
+
+
+def _batches(dec, data, n_batches: int, batch_size: int, seed: int) -> list:
+    from tl_vpd.data_stream import DataStream
+
+    mcfg = getattr(dec.model, "cfg", None) if _is_lm(dec) else None
+    if torch.is_tensor(data):
+        batch_size = min(batch_size, data.shape[0])
+    stream = DataStream(data, batch_size, getattr(mcfg, "n_ctx", None), seed=seed,
+                        n_ctx=getattr(mcfg, "n_ctx", None), d_vocab=getattr(mcfg, "d_vocab", None))
+    if stream.tokens is not None:
+        n_batches = min(n_batches, stream.tokens.shape[0] // batch_size)
+    return [stream.next() for _ in range(n_batches)]
+
+
+def _is_lm(dec) -> bool:
+    return dec.backend.name == "hooked_transformer"
+
+
+def evaluate(
+    dec,
+    data,
+    *,
+    n_batches: int = 8,
+    batch_size: int | None = None,
+    pgd_steps: Sequence[int] = (5, 10, 20, 40, 80),
+    pgd_batches: int | None = None,
+    target_curve: Sequence[Mapping] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalReport:
+    """Evaluate a decomposition as the VPD paper does.
+
+    Arguments:
+        dec: the :class:`~tl_vpd.Decomposition`.
+        data: evaluation data, in any form :func:`tl_vpd.decompose` accepts (e.g. the validation
+            token blocks ``[n, seq]``; sequences longer than the model's ``n_ctx`` are cropped).
+        n_batches: batches to evaluate (fewer if ``data`` is a smaller tensor).
+        batch_size: examples per batch (default: the training config's, else 16).
+        pgd_steps: step counts of the fresh-PGD attacks (step size ``2/n`` each).
+        pgd_batches: attack only the first this many batches (default: all), as PGD costs
+            ``n`` forward and backward passes per batch.
+        target_curve: the target's training curve ``[{"step", "tokens_seen", "val_ce"}, ...]``
+            (:func:`tl_vpd.target.load_target` returns it) for "pretraining compute recovered".
+        seed: seeds the batch order, the stochastic masks and the PGD initialisation.
+        progress: show a progress bar over batches.
+
+    Returns:
+        The :class:`EvalReport`.
+    """
+    from tqdm.auto import tqdm
+
+    if n_batches < 1:
+        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    if any(int(n) < 1 for n in pgd_steps):
+        raise ValueError(f"pgd_steps must be positive step counts, got {list(pgd_steps)}")
+    cfg = getattr(dec, "config", None)
+    batch_size = batch_size or getattr(cfg, "batch_size", 16)
+    metric = "ce" if _is_lm(dec) else "mse"
+    recon_kind = "kl" if metric == "ce" else "mse"
+    batches = _batches(dec, data, n_batches, batch_size, seed)
+    pgd_batches = len(batches) if pgd_batches is None else min(pgd_batches, len(batches))
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    sums = {TARGET: _Sums()}
+    ci_sum = {n: torch.zeros(c.C, dtype=torch.float64) for n, c in dec.components.items()}
+    fired = {n: torch.zeros(c.C, dtype=torch.bool) for n, c in dec.components.items()}
+    l0_sum = dict.fromkeys(dec.sites, 0.0)
+    adv = {int(n): 0.0 for n in pgd_steps}
+    n_tokens = 0
+    for i, batch in enumerate(tqdm(batches, desc="evaluate", disable=not progress, dynamic_ncols=True)):
+        with torch.no_grad():
+            target, inputs = dec.run_target(batch)
+            ci = dec.ci(inputs).lower
+            _measure(metric, batch, target, target, sums[TARGET])
+            for mode, masks, dmasks in _mask_modes(ci, gen):
+                _measure(metric, batch, target, dec.run_masked(batch, masks, dmasks),
+                         sums.setdefault(mode, _Sums()))
+            for n, g in ci.items():
+                flat = g.flatten(0, -2).double().cpu()
+                ci_sum[n] += flat.sum(0)
+                fired[n] |= (flat > 0).any(0)
+                l0_sum[n] += (flat > 0).sum().item()
+            n_tokens += next(iter(ci.values())).shape[:-1].numel()
+        if i < pgd_batches:
+            for n in adv:
+                adv[n] += pgd_recon(dec, batch, target, ci, n, scope="shared", kind=recon_kind,
+                                    generator=gen)
+
+    recon = _recon_rows(metric, sums, target_curve)
+    sites, layers, total = _l0_tables(dec, ci_sum, fired, l0_sum, n_tokens)
+    adversarial = [{"pgd_steps": n, recon_kind: adv[n] / max(pgd_batches, 1)} for n in adv]
+    first = batches[0]
+    settings = {"n_batches": len(batches), "batch_size": int(first.shape[0]),
+                "seq_len": int(first.shape[1]) if metric == "ce" else None,
+                "pgd_batches": pgd_batches, "seed": seed,
+                "rounding_thresholds": list(ROUNDING_THRESHOLDS), "alive_threshold": ALIVE_THRESHOLD}
+    return EvalReport(metric=metric, recon=recon, sites=sites, layers=layers, total=total,
+                      adversarial=adversarial, zero_ablated=sums[ZERO].mean(recon_kind),
+                      n_tokens=n_tokens, settings=settings)
+
+
+def _recon_rows(metric: str, sums: dict[str, _Sums], curve) -> list[dict]:
+    if metric == "mse":
+        zero = sums[ZERO].mean("mse")
+        return [{"mode": m, "mse": s.mean("mse"),
+                 "mse_recovered": 1 - s.mean("mse") / zero if zero > 0 else None}
+                for m, s in sums.items()]
+    ce_t, ce_0 = sums[TARGET].mean("ce"), sums[ZERO].mean("ce")
+    rows = []
+    for mode, s in sums.items():
+        ce = s.mean("ce")
+        rows.append({"mode": mode, "ce": ce, "kl": s.mean("kl"),
+                     "ce_recovered": 1 - (ce - ce_t) / (ce_0 - ce_t) if ce_0 != ce_t else None,
+                     "compute_recovered": compute_recovered(ce, ce_t, curve)})
+    return rows
+
+
+def _l0_tables(dec, ci_sum, fired, l0_sum, n_tokens):
+    sites = []
+    for n in dec.sites:
+        alive = int((ci_sum[n] / n_tokens > ALIVE_THRESHOLD).sum())
+        sites.append({"site": n, "layer": dec.site(n).layer, "C": dec.components[n].C,
+                      "l0": l0_sum[n] / n_tokens, "alive": alive, "fired": int(fired[n].sum())})
+
+    def summed(rows):
+        out = {k: sum(r[k] for r in rows) for k in ("C", "l0", "alive", "fired")}
+        out["l0_per_alive"] = out["l0"] / out["alive"] if out["alive"] else None
+        return out
+
+    for r in sites:
+        r["l0_per_alive"] = r["l0"] / r["alive"] if r["alive"] else None
+    layer_ids = list(dict.fromkeys(r["layer"] for r in sites))
+    layers = [{"layer": l, **summed([r for r in sites if r["layer"] == l])} for l in layer_ids]
+    return sites, layers, summed(sites)

@@ -1,0 +1,125 @@
+"""Toy Model of Superposition (Elhage et al. 2022), with or without a hidden identity.
+
+``x̂ = ReLU(W₁ᵀ I W₁ x + b)`` with ``W₁ [n_hidden, n_features]`` (SPD paper §3.1–3.2). The up
+projection is tied to the down projection (``linear2.W = linear1.Wᵀ``); the optional identity
+``hidden_layers.0`` is fixed at ``I`` and never trained (SPD paper §3.2).
+
+Sites (the SPD paper decomposes every matrix): ``linear1`` ``[n_hidden, n_features]``,
+``linear2`` ``[n_features, n_hidden]`` (its bias ``b`` is not decomposed), and
+``hidden_layers.0`` ``[n_hidden, n_hidden]`` for the identity variants.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformer_lens.hook_points import HookedRootModule
+
+from tl_vpd._typing import Float
+from tl_vpd.backends.hookpoints import HookPointSiteSpec
+from tl_vpd.toy_models._layers import HookedLinear, linear_init
+from tl_vpd.toy_models.data import SparseFeatures
+
+__all__ = ["TMS", "TMS_FEATURE_PROBABILITY", "tms_data", "train_tms"]
+
+TMS_FEATURE_PROBABILITY = 0.05  # SPD paper A.4.1
+
+
+class TMS(HookedRootModule):
+    """The TMS target. Build a trained one with :func:`train_tms`.
+
+    Arguments:
+        n_features: input/output width (5 or 40 in the SPD paper).
+        n_hidden: bottleneck width (2 or 10).
+        identity: insert the fixed identity ``hidden_layers.0`` between the projections.
+        seed: seeds the initial weights (``nn.Linear``'s default init).
+        zero_bias: start ``b`` at 0 (the reference implementation does so for 40-10).
+    """
+
+    def __init__(self, n_features: int, n_hidden: int, identity: bool = False, seed: int = 0,
+                 zero_bias: bool = False):
+        super().__init__()
+        self.n_features, self.n_hidden, self.identity = n_features, n_hidden, identity
+        g = torch.Generator().manual_seed(seed)
+        W = linear_init(n_hidden, n_features, g)
+        # nn.Linear's bias init for linear2 (fan-in n_hidden): a column of linear_init.
+        bias = torch.zeros(n_features) if zero_bias else linear_init(n_features, n_hidden, g)[:, 0]
+        self.linear1 = HookedLinear(n_features, n_hidden, W)
+        self.hidden_layers = nn.ModuleList(
+            [HookedLinear(n_hidden, n_hidden, torch.eye(n_hidden), trainable=False)] if identity else [])
+        self.linear2 = HookedLinear(n_hidden, n_features, None, bias)  # W tied to linear1.Wᵀ
+        self.setup()
+
+    @property
+    def W(self) -> Float[torch.Tensor, "n_hidden n_features"]:
+        """The embedding matrix whose columns are the features' directions (``linear1``)."""
+        return self.linear1.W
+
+    def forward(self, x: Float[torch.Tensor, "batch n_features"]) -> Float[torch.Tensor, "batch n_features"]:
+        h = self.linear1(x)
+        for layer in self.hidden_layers:
+            h = layer(h)
+        return F.relu(self.linear2(h, weight=self.linear1.W.T))
+
+    def vpd_sites(self) -> list[HookPointSiteSpec]:
+        sites = [HookPointSiteSpec("linear1", lambda: self.linear1.W, lambda: None,
+                                   "linear1.hook_in", "linear1.hook_out", kind="linear1")]
+        for i, layer in enumerate(self.hidden_layers):
+            sites.append(HookPointSiteSpec(f"hidden_layers.{i}", lambda layer=layer: layer.W,
+                                           lambda: None, f"hidden_layers.{i}.hook_in",
+                                           f"hidden_layers.{i}.hook_out", kind="identity"))
+        sites.append(HookPointSiteSpec("linear2", lambda: self.linear1.W.T, lambda: self.linear2.b,
+                                       "linear2.hook_in", "linear2.hook_out", kind="linear2"))
+        return sites
+
+    def __repr__(self) -> str:
+        return (f"TMS(n_features={self.n_features}, n_hidden={self.n_hidden}, "
+                f"identity={self.identity})")
+
+
+def tms_data(n_features: int, p: float = TMS_FEATURE_PROBABILITY) -> SparseFeatures:
+    """TMS inputs: each feature active with probability ``p`` (0.05), value ``U(0, 1)``."""
+    return SparseFeatures(n_features, p, 0.0, 1.0)
+
+
+def train_tms(
+    n_features: int,
+    n_hidden: int,
+    *,
+    identity: bool = False,
+    seed: int = 0,
+    steps: int = 10_000,
+    batch_size: int | None = None,
+    lr: float = 5e-3,
+    weight_decay: float = 0.01,
+    p: float = TMS_FEATURE_PROBABILITY,
+) -> TMS:
+    """Train a TMS target to reconstruct its input (SPD paper A.4.1).
+
+    Arguments:
+        n_features, n_hidden, identity: the architecture (see :class:`TMS`).
+        seed: seeds the initial weights and the data; the result is deterministic.
+        steps: 10k in the paper.
+        batch_size: 1024 for 5-2, 8192 for 40-10 in the paper (the default picks by size).
+        lr, weight_decay: AdamW, constant learning rate 5e-3, weight decay 0.01 (paper).
+        p: feature probability (0.05).
+
+    Returns:
+        The trained model, with its parameters frozen (``requires_grad=False``).
+    """
+    batch_size = batch_size or (1024 if n_features <= 5 else 8192)
+    model = TMS(n_features, n_hidden, identity=identity, seed=seed, zero_bias=n_features > 5)
+    data = tms_data(n_features, p)
+    gen = torch.Generator().manual_seed(seed + 10_000)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        x = data(batch_size, gen)
+        loss = (model(x) - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return model.eval()
