@@ -51,7 +51,8 @@ def run(corpus, tiny_cfg, tmp_path_factory):
 
 def test_target_config_architecture():
     cfg = target_config(4096)
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.n_ctx) == (4, 128, 4, 32, 512, 128)
+    shape = (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp, cfg.n_ctx)
+    assert shape == (4, 128, 4, 32, 512, 128)
     assert cfg.normalization_type == "RMS" and cfg.final_rms
     assert cfg.positional_embedding_type == "rotary" and cfg.rotary_dim == cfg.d_head
     assert cfg.act_fn == "gelu" and not cfg.gated_mlp

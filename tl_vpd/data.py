@@ -174,7 +174,9 @@ def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
     )
     for var in _OFFLINE_ENV_VARS:
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            raise ConnectionError(f"Cannot load {what}: the Hugging Face hub is unreachable ({var} is set). {hint}")
+            raise ConnectionError(
+                f"Cannot load {what}: the Hugging Face hub is unreachable ({var} is set). {hint}"
+            )
     try:
         socket.create_connection(_HUB_HOST, timeout=timeout).close()
     except OSError as err:
@@ -309,7 +311,8 @@ def tokenize_blocks(
     max_tokens = None if max_blocks is None else max_blocks * seq_len
     stream: list[int] = []
     chunk = 256  # documents per encode_batch call; lets max_blocks stop early
-    for start in tqdm(range(0, len(texts), chunk), desc="tokenizing", leave=False, disable=len(texts) <= chunk):
+    starts = range(0, len(texts), chunk)
+    for start in tqdm(starts, desc="tokenizing", leave=False, disable=len(starts) <= 1):
         for encoding in tokenizer.encode_batch(list(texts[start : start + chunk]), add_special_tokens=False):
             stream.append(eos_id)
             stream.extend(encoding.ids)

@@ -27,6 +27,7 @@ from transformer_lens.hook_points import HookedRootModule, HookPoint
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec
 from tl_vpd.toy_models._layers import linear_init
+from tl_vpd.toy_models._runtime import single_threaded
 from tl_vpd.toy_models.data import SparseFeatures
 
 __all__ = ["ResidualMLP", "RESID_MLP_FEATURE_PROBABILITY", "resid_mlp_data", "resid_mlp_labels",
@@ -152,14 +153,15 @@ def train_resid_mlp(
     data = resid_mlp_data(n_features, p)
     gen = torch.Generator().manual_seed(seed + 10_000)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
-        x = data(batch_size, gen)
-        loss = (model(x) - resid_mlp_labels(x)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with single_threaded():
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
+            x = data(batch_size, gen)
+            loss = (model(x) - resid_mlp_labels(x)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     for q in model.parameters():
         q.requires_grad_(False)
     return model.eval()

@@ -1,0 +1,60 @@
+"""Shared pieces of the benchmark scripts: the benchmark model and a timer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+
+def bench_model(d_model=128, n_layers=4, n_heads=4, d_mlp=512, n_ctx=128, d_vocab=4096, seed=0):
+    """The benchmark target: a LLaMA-style 4-layer model like the VPD paper's, scaled down."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+        d_mlp=d_mlp, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu", normalization_type="RMS",
+        positional_embedding_type="rotary", final_rms=True, seed=seed)
+    model = HookedTransformer(cfg).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def timeit(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def timeit_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per function, running the functions in interleaved rounds so that load
+    from other processes on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
