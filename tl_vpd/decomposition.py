@@ -224,6 +224,12 @@ class Decomposition(nn.Module):
         with self.masked(masks, delta_masks, impl=kwargs.pop("impl", "factorized")):
             return self.model(inputs, **kwargs)
 
+    def evaluate(self, data, **kwargs):
+        """CE/KL table, L0 and alive counts, adversarial KL: see :func:`tl_vpd.evaluate.evaluate`."""
+        from tl_vpd.evaluate import evaluate
+
+        return evaluate(self, data, **kwargs)
+
     # ------------------------------------------------------------- persistence / display
     def save(self, path) -> None:
         """Save to a directory (safetensors + JSON); see :func:`tl_vpd.load`."""
