@@ -16,6 +16,16 @@ from tl_vpd.evaluate import EvalReport, compute_recovered, evaluate, l0_per_site
 from tl_vpd.target import target_config, train_target
 from model_zoo import make_model, tokens
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads spin-wait
+    each other and run these tests 30× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 MODES = ["target", "unmasked", "stochastic", "CI as mask", "rounded CI > 0", "rounded CI > 0.1",
          "rounded CI > 0.5", "zero-ablated", "unmasked, Δ on"]
 N_BATCHES, BATCH = 3, 4

@@ -19,17 +19,21 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from tl_vpd.distributed import Shard
+
 __all__ = ["PersistentSources", "fresh_pgd", "init_sources"]
 
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 def init_sources(ci: Mapping[str, torch.Tensor], scope: str, init: str,
-                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator | None = None, shard: Shard = Shard()
+                 ) -> dict[str, torch.Tensor]:
     """Initial sources for every site: ``random`` (U(0,1)), ``ones`` or ``zeros``."""
     out = {}
     for name, g in ci.items():
-        shape = (*g.shape[:-1], g.shape[-1] + 1) if scope == "per_token" else (g.shape[-1] + 1,)
+        per_token = scope == "per_token"
+        shape = (g.shape[0] * shard.world, *g.shape[1:-1], g.shape[-1] + 1) if per_token else (g.shape[-1] + 1,)
         if init == "random":
             s = torch.rand(shape, generator=generator)
         elif init == "ones":
@@ -38,12 +42,13 @@ def init_sources(ci: Mapping[str, torch.Tensor], scope: str, init: str,
             s = torch.zeros(shape)
         else:
             raise ValueError(f"pgd init must be 'random', 'ones' or 'zeros', got {init!r}")
-        out[name] = s.to(g.device, g.dtype)
+        out[name] = (shard.take(s) if per_token else s).to(g.device, g.dtype)
     return out
 
 
 def fresh_pgd(loss_fn: LossFn, sources: dict[str, torch.Tensor], n_steps: int,
-              step_size: float) -> dict[str, torch.Tensor]:
+              step_size: float, shard: Shard = Shard(), shared: bool = False
+              ) -> dict[str, torch.Tensor]:
     """``n_steps`` of sign-gradient ascent ``s ← clamp(s + step_size · sign(∇_s L), 0, 1)``.
 
     Arguments:
@@ -60,6 +65,8 @@ def fresh_pgd(loss_fn: LossFn, sources: dict[str, torch.Tensor], n_steps: int,
             v.requires_grad_(True)
         loss = loss_fn(s)
         grads = torch.autograd.grad(loss, list(s.values()))
+        if shared:  # one source for the whole (global) batch: every rank ascends alike
+            shard.sum_(grads)
         with torch.no_grad():
             s = {k: (v + step_size * gr.sign()).clamp_(0.0, 1.0)
                  for (k, v), gr in zip(s.items(), grads)}
@@ -76,10 +83,11 @@ class PersistentSources:
     """
 
     def __init__(self, scope: str, lr: float, betas: tuple[float, float], bank_size: int = 8,
-                 init: str = "random"):
+                 init: str = "random", shard: Shard = Shard()):
         if scope not in ("per_token", "shared", "bank"):
             raise ValueError(f"persistent PGD scope must be per_token/shared/bank, got {scope!r}")
         self.scope, self.lr, self.betas, self.bank_size, self.init = scope, lr, betas, bank_size, init
+        self.shard = shard
         self.sources: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Adam | None = None
         self._bank_index: torch.Tensor | None = None
@@ -87,17 +95,20 @@ class PersistentSources:
     def _ensure(self, ci: Mapping[str, torch.Tensor], generator: torch.Generator | None) -> None:
         def shape(g):
             if self.scope == "per_token":
-                return (*g.shape[:-1], g.shape[-1] + 1)
+                return (g.shape[0] * self.shard.world, *g.shape[1:-1], g.shape[-1] + 1)
             if self.scope == "shared":
                 return (g.shape[-1] + 1,)
             return (self.bank_size, g.shape[-1] + 1)
 
-        if self.sources and all(tuple(self.sources[k].shape) == shape(g) for k, g in ci.items()):
+        local = (lambda g: (g.shape[0], *shape(g)[1:])) if self.scope == "per_token" else shape
+        if self.sources and all(tuple(self.sources[k].shape) == local(g) for k, g in ci.items()):
             return
         # First step, or the batch shape changed: (re)initialise.
         self.sources = {}
         for k, g in ci.items():
             s = torch.rand(shape(g), generator=generator) if self.init == "random" else torch.full(shape(g), 0.5)
+            if self.scope == "per_token":
+                s = self.shard.take(s)
             self.sources[k] = s.to(g.device, g.dtype).requires_grad_(True)
         self.optimizer = torch.optim.Adam(list(self.sources.values()), lr=self.lr,
                                           betas=self.betas, maximize=True)
@@ -110,7 +121,8 @@ class PersistentSources:
             return dict(self.sources)
         g0 = next(iter(ci.values()))
         n_ex = g0.shape[0] if g0.dim() > 1 else 1
-        self._bank_index = torch.randint(0, self.bank_size, (n_ex,), generator=generator)
+        self._bank_index = self.shard.take(
+            torch.randint(0, self.bank_size, (n_ex * self.shard.world,), generator=generator))
         extra = g0.dim() - 2  # positions between the example axis and C
         return {k: s[self._bank_index.to(s.device)].view(n_ex, *([1] * extra), -1)
                 for k, s in self.sources.items()}
@@ -118,6 +130,13 @@ class PersistentSources:
     def ascend(self) -> None:
         """One Adam ascent step on the accumulated ``.grad``, then clamp to [0, 1]."""
         assert self.optimizer is not None
+        grads = [s.grad for s in self.sources.values() if s.grad is not None]
+        if self.scope == "per_token":
+            # Each rank's loss is a mean over its shard: rescale to the global mean's gradient.
+            for gr in grads:
+                gr.div_(self.shard.world)
+        else:
+            self.shard.mean_(grads)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

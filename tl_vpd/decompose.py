@@ -27,6 +27,7 @@ from tl_vpd.adversary import PersistentSources, fresh_pgd, init_sources
 from tl_vpd.config import VPDConfig
 from tl_vpd.data_stream import DataStream
 from tl_vpd.decomposition import Decomposition
+from tl_vpd.distributed import setup as setup_distributed
 from tl_vpd.importance import lower_leaky_sigmoid, upper_leaky_sigmoid
 from tl_vpd.losses import (
     faithfulness_loss,
@@ -96,6 +97,10 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), run_dir=None):
         self.cfg = cfg
         self.model = model
+        self.shard = setup_distributed()
+        if cfg.batch_size % self.shard.world:
+            raise ValueError(f"batch_size={cfg.batch_size} is the global batch; it must divide "
+                             f"evenly over the {self.shard.world} data-parallel processes")
         self.dec = Decomposition.from_model(
             model, C=cfg.C, sites=cfg.sites, seed=cfg.seed, ci_fn=cfg.ci_fn,
             ci_hidden=cfg.ci_hidden, ci_d_model=cfg.ci_d_model, ci_n_layers=cfg.ci_n_layers,
@@ -121,7 +126,7 @@ class Trainer:
         self.adversary = None
         if cfg.adversary == "persistent":
             self.adversary = PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas,
-                                               cfg.ppgd_bank_size, cfg.pgd_init)
+                                               cfg.ppgd_bank_size, cfg.pgd_init, self.shard)
         self.step = 0
         self.warmup_done = cfg.faithfulness_warmup_steps == 0 or cfg.coeff_delta == 0
         self.history: list[dict] = []
@@ -137,9 +142,9 @@ class Trainer:
             if not self.warmup_done:
                 self._faithfulness_warmup()
             self._init_wandb()
-            bar = _progress(cfg.steps, self.step, cfg.progress)
+            bar = _progress(cfg.steps, self.step, cfg.progress and self.shard.is_main)
             while self.step < cfg.steps:
-                metrics = self.train_step(self.stream.next())
+                metrics = self.train_step(self.shard.take(self.stream.next()))
                 self.step += 1
                 bar.update(1)
                 if cfg.eval_every and self.eval_data is not None and self.step % cfg.eval_every == 0:
@@ -153,14 +158,14 @@ class Trainer:
                     self.save_checkpoint()
             bar.close()
         except KeyboardInterrupt:
-            if self.run_dir is not None:
-                path = self.save_checkpoint()
+            if self.run_dir is not None and self.shard.is_main:
+                path = self.save_checkpoint(collective=False)
                 print(f"\ninterrupted at step {self.step}; checkpoint saved to {path} "
                       "(resume with resume=True)")
             raise
         except NonFiniteLossError:
-            if self.run_dir is not None:
-                self.save_checkpoint()
+            if self.run_dir is not None and self.shard.is_main:
+                self.save_checkpoint(collective=False)
             raise
         finally:
             for p in frozen:
@@ -170,7 +175,8 @@ class Trainer:
         self.dec.history = self.history
         if self.run_dir is not None:
             self.save_checkpoint()
-            self.dec.save(self.run_dir / "decomposition")
+            if self.shard.is_main:
+                self.dec.save(self.run_dir / "decomposition")
         return self.dec
 
     def _faithfulness_warmup(self) -> None:
@@ -219,12 +225,13 @@ class Trainer:
                  faithfulness_loss([c.delta for c in dec.components.values()]))
         if cfg.coeff_importance > 0:
             take("minimality", cfg.coeff_importance,
-                 minimality_loss(upper, p, cfg.importance_eps, cfg.freq_beta, cfg.freq_ref_tokens))
+                 minimality_loss(upper, p, cfg.importance_eps, cfg.freq_beta, cfg.freq_ref_tokens,
+                                 global_mean=self.shard.global_mean_value if self.shard.enabled else None))
         lead = next(iter(pre.values())).shape[:-1]
         if cfg.coeff_stochastic > 0:
             for _ in range(cfg.n_mask_samples):
                 lower = lower_view()
-                src = self._no_delta(sample_sources(lower, self.generator))
+                src = self._no_delta(sample_sources(lower, self.generator, self.shard))
                 routing = self._routing(lead)
                 masks, dmasks = masks_from_sources(lower, src, routing)
                 out = dec.run_masked(batch, masks, dmasks)
@@ -234,7 +241,7 @@ class Trainer:
             total = 0.0
             for site in dec.sites:
                 lower = lower_view()
-                src = self._no_delta(sample_sources({site: lower[site]}, self.generator))
+                src = self._no_delta(sample_sources({site: lower[site]}, self.generator, self.shard))
                 masks, dmasks = masks_from_sources({site: lower[site]}, src)
                 out = dec.run_masked(batch, masks, dmasks)
                 loss = recon_loss(target, out, self.recon_kind)
@@ -246,6 +253,12 @@ class Trainer:
         grads = [(ci.pre[k], pre[k].grad) for k in pre if pre[k].grad is not None]
         if grads:
             torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
+        if self.shard.enabled:  # data parallel: average gradients across ranks
+            params = self.component_params + self.ci_params
+            for q in params:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+            self.shard.mean_([q.grad for q in params])
         if cfg.grad_clip_components is not None:
             torch.nn.utils.clip_grad_norm_(self.component_params, cfg.grad_clip_components)
         if cfg.grad_clip_ci is not None:
@@ -253,9 +266,12 @@ class Trainer:
         self.optimizer.step()
         if self.adversary is not None:
             self.adversary.ascend()
-        out = {k: v.item() for k, v in losses.items()}
         with torch.no_grad():
-            out["l0"] = sum((g > 0).float().sum(-1).mean().item() for g in pre.values())
+            losses["l0"] = sum((g > 0).float().sum(-1).mean() for g in pre.values())
+        names = list(losses)
+        values = torch.stack([losses[k].float().reshape(()) for k in names])
+        self.shard.mean_([values])
+        out = dict(zip(names, values.tolist()))
         out.update(lr=lr, p=p, step=self.step + 1)
         return out
 
@@ -269,7 +285,8 @@ class Trainer:
         if self.cfg.routing == "layerwise":  # SPD's layerwise loss is separate; stochastic masks all
             return None
         return sample_routing(self.dec.sites, lead, self.cfg.routing, self.generator,
-                              device=next(iter(self.dec.components.values())).U.device)
+                              device=next(iter(self.dec.components.values())).U.device,
+                              shard=self.shard)
 
     def _adversarial(self, batch, target, lower, lead) -> torch.Tensor:
         cfg, dec = self.cfg, self.dec
@@ -281,8 +298,9 @@ class Trainer:
             return recon_loss(target, dec.run_masked(batch, masks, dmasks), self.recon_kind)
 
         if cfg.adversary == "fresh":
-            start = init_sources(frozen_ci, cfg.pgd_scope, cfg.pgd_init, self.generator)
-            sources = fresh_pgd(adv_loss, start, cfg.pgd_steps, cfg.pgd_step_size)
+            start = init_sources(frozen_ci, cfg.pgd_scope, cfg.pgd_init, self.generator, self.shard)
+            sources = fresh_pgd(adv_loss, start, cfg.pgd_steps, cfg.pgd_step_size, self.shard,
+                                shared=cfg.pgd_scope == "shared")
         else:
             self.adversary.warmup(adv_loss, frozen_ci, cfg.ppgd_inner_steps, self.generator)
             # The outer pass: its backward trains U, V, CI and leaves .grad on the sources for
@@ -293,15 +311,17 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def _log(self, metrics: dict, bar) -> None:
         self.history.append(metrics)
+        for cb in self.callbacks:  # on every rank: a callback may use collectives
+            cb(self.step, metrics, self.dec)
+        if not self.shard.is_main:
+            return
         shown = {k: metrics[k] for k in ("stochastic", "adversarial", "faithfulness", "l0") if k in metrics}
         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         if self._wandb is not None:
             self._wandb.log(metrics, step=self.step)
-        for cb in self.callbacks:
-            cb(self.step, metrics, self.dec)
 
     def _init_wandb(self) -> None:
-        if self.cfg.wandb_project and self._wandb is None:
+        if self.cfg.wandb_project and self._wandb is None and self.shard.is_main:
             import wandb  # optional dependency, imported only when asked for
 
             self._wandb = wandb.init(project=self.cfg.wandb_project, config=self.cfg.to_dict())
@@ -319,22 +339,37 @@ class Trainer:
             "history": self.history,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write ``run_dir/checkpoints/step_{k}/`` (decomposition + trainer state) atomically."""
+    def save_checkpoint(self, collective: bool = True) -> Path:
+        """Write ``run_dir/checkpoints/step_{k}/`` (decomposition + trainer state) atomically.
+
+        Under data parallelism every rank calls it (``collective``); on an interrupt only rank 0
+        does, and per-rank persistent sources are then not saved (a resume re-draws them).
+        """
         if self.run_dir is None:
             raise ValueError("no run_dir to save checkpoints to")
         final = self.run_dir / CHECKPOINT_DIR / f"step_{self.step:07d}"
         tmp = final.with_name(final.name + ".tmp")
-        self.dec.save(tmp)
-        torch.save(self.state_dict(), tmp / TRAINER_STATE_FILE)
-        (self.run_dir / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-        self.cfg.to_file(self.run_dir / "config.yaml")
-        if final.exists():
-            import shutil
+        if self.shard.is_main:
+            self.dec.save(tmp)
+            torch.save(self.state_dict(), tmp / TRAINER_STATE_FILE)
+            self.cfg.to_file(self.run_dir / "config.yaml")
+        if collective and self._per_rank_adversary():
+            self.shard.barrier()
+            torch.save(self.adversary.state_dict(), tmp / f"adversary_rank{self.shard.rank}.pt")
+            self.shard.barrier()
+        if self.shard.is_main:
+            if final.exists():
+                import shutil
 
-            shutil.rmtree(final)
-        tmp.rename(final)
+                shutil.rmtree(final)
+            tmp.rename(final)
+        if collective:
+            self.shard.barrier()
         return final
+
+    def _per_rank_adversary(self) -> bool:
+        """Per-token persistent sources differ by rank: each rank checkpoints its own shard."""
+        return self.shard.enabled and self.adversary is not None and self.cfg.ppgd_scope == "per_token"
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
         """Restore the latest checkpoint of ``run_dir`` (or ``path``) into this trainer."""
@@ -357,7 +392,11 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.stream.load_state_dict(state["stream"])
-        if self.adversary is not None and state["adversary"] is not None:
+        if self._per_rank_adversary():
+            own = path / f"adversary_rank{self.shard.rank}.pt"
+            if own.exists():
+                self.adversary.load_state_dict(torch.load(own, weights_only=True))
+        elif self.adversary is not None and state["adversary"] is not None:
             self.adversary.load_state_dict(state["adversary"])
         self.history = list(state["history"])
 

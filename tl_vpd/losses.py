@@ -12,7 +12,7 @@ loss.
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -162,6 +162,7 @@ def minimality_loss(
     eps: float,
     freq_beta: float,
     ref_tokens: int,
+    global_mean: Callable[[Tensor], Tensor] | None = None,
 ) -> Float[Tensor, ""]:
     """The VPD paper's fused minimality loss, `L_imp + freq_beta · L_freq`.
 
@@ -174,10 +175,15 @@ def minimality_loss(
     - `eps`: keeps the gradient of `x^p` finite at 0 for `p < 1`.
     - `freq_beta`: weight of the frequency term relative to the importance term.
     - `ref_tokens`: see `frequency_minimality_loss`.
+    - `global_mean`: under data parallelism, maps this rank's frequencies to ones whose value is
+      the mean over ranks (`tl_vpd.distributed.Shard.global_mean_value`), so the frequency term
+      sees the global batch.
 
     **Returns:** a scalar tensor.
     """
     frequencies = _firing_frequencies(ci_upper, p, eps)
+    if global_mean is not None:
+        frequencies = {k: global_mean(f) for k, f in frequencies.items()}
     importance = sum(f.sum() for f in frequencies.values())
     if freq_beta == 0:
         return importance

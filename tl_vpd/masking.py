@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from tl_vpd._typing import Bool, Float
+from tl_vpd.distributed import Shard
 
 __all__ = [
     "layerwise_routes",
@@ -32,14 +33,20 @@ __all__ = [
 
 
 def sample_sources(
-    ci: Mapping[str, Float[torch.Tensor, "*lead C"]], generator: torch.Generator | None = None
+    ci: Mapping[str, Float[torch.Tensor, "*lead C"]],
+    generator: torch.Generator | None = None,
+    shard: Shard = Shard(),
 ) -> dict[str, Float[torch.Tensor, "*lead C1"]]:
-    """Uniform sources ``r ~ U(0, 1)`` per token and subcomponent, plus Δ (``C + 1`` entries)."""
+    """Uniform sources ``r ~ U(0, 1)`` per token and subcomponent, plus Δ (``C + 1`` entries).
+
+    Under data parallelism the draw is made at the global batch size and ``shard`` keeps this
+    rank's rows, so the run equals a single-process run.
+    """
     out = {}
     for name, g in ci.items():
-        shape = (*g.shape[:-1], g.shape[-1] + 1)
+        shape = (g.shape[0] * shard.world, *g.shape[1:-1], g.shape[-1] + 1)
         # Sampled on the CPU generator so runs are reproducible whatever the device.
-        out[name] = torch.rand(shape, generator=generator).to(g.device, g.dtype)
+        out[name] = shard.take(torch.rand(shape, generator=generator)).to(g.device, g.dtype)
     return out
 
 
@@ -80,6 +87,7 @@ def sample_routing(
     kind: str,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    shard: Shard = Shard(),
 ) -> dict[str, torch.Tensor] | None:
     """Which sites each token masks: ``None`` for ``all``, else ``{site: Bool[*lead]}``.
 
@@ -92,9 +100,10 @@ def sample_routing(
         raise ValueError(f"routing {kind!r}: use 'all' or 'uniform_k_subset' here "
                          "('layerwise' runs one forward per site, see layerwise_routes)")
     n = len(sites)
-    ranks = torch.rand((*lead, n), generator=generator).argsort(-1).argsort(-1)
-    k = torch.randint(1, n + 1, (*lead, 1), generator=generator)
-    routed = (ranks < k).to(device)
+    glead = (lead[0] * shard.world, *lead[1:])
+    ranks = torch.rand((*glead, n), generator=generator).argsort(-1).argsort(-1)
+    k = torch.randint(1, n + 1, (*glead, 1), generator=generator)
+    routed = shard.take(ranks < k).to(device)
     return {s: routed[..., i] for i, s in enumerate(sites)}
 
 

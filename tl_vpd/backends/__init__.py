@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from tl_vpd.backends.base import Backend, HookSession, SiteFn
+from tl_vpd.backends.bridge import BridgeBackend
 from tl_vpd.backends.hookpoints import HookPointBackend, HookPointSiteSpec
 from tl_vpd.backends.hooked import HookedTransformerBackend
 
@@ -18,7 +19,7 @@ __all__ = [
     "get_backend",
 ]
 
-_BACKENDS: list[type[Backend]] = [HookPointBackend, HookedTransformerBackend]
+_BACKENDS: list[type[Backend]] = [HookPointBackend, HookedTransformerBackend, BridgeBackend]
 
 
 def get_backend(model: nn.Module) -> Backend:

@@ -22,7 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformer_lens.hook_points import HookedRootModule, HookPoint
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec

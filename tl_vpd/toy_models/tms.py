@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformer_lens.hook_points import HookedRootModule
+from transformer_lens import HookedRootModule
 
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec

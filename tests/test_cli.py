@@ -1,0 +1,146 @@
+"""The ``tl-vpd`` command line, end to end on a tiny target (the real configs run as a slow test)."""
+
+import contextlib
+import filecmp
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tl_vpd
+from tl_vpd.cli import main, packaged_config, read_target_config
+from tl_vpd.evaluate import EvalReport
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_NAMES = ["target.yaml", "quick_target.yaml", "vpd.yaml", "quick_vpd.yaml"]
+TINY_TARGET = {
+    "corpus": {"seq_len": 32, "vocab_size": 320, "max_bytes": 300_000},
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "seed": 0},
+    "train": {"steps": 30, "batch_size": 16, "lr": 1e-2, "warmup_steps": 5, "eval_every": 10,
+              "eval_batches": 2},
+}
+TINY_VPD = {"C": 32, "steps": 20, "batch_size": 4, "seq_len": 32, "faithfulness_warmup_steps": 50,
+            "checkpoint_every": 10}
+TINY_EVAL = ["--n-batches", "2", "--pgd-steps", "2,3", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (see test_evaluate.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_configs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("configs")
+    (d / "target.yaml").write_text(yaml.safe_dump(TINY_TARGET))
+    (d / "vpd.yaml").write_text(yaml.safe_dump(TINY_VPD))
+    return d / "target.yaml", d / "vpd.yaml"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_configs, tmp_path_factory):
+    """``tl-vpd main`` on the tiny configs: (run dir, printed output); capsys is per test."""
+    out = tmp_path_factory.mktemp("run")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["main", "--out", str(out), "--target-config", str(tiny_configs[0]),
+                   "--vpd-config", str(tiny_configs[1]), *TINY_EVAL])
+    assert rc == 0
+    return out, buf.getvalue()
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_packaged_configs_are_valid_and_match_the_repo_copies(name):
+    path = packaged_config(name)
+    if "target" in name:
+        cfg = read_target_config(path)
+        assert cfg["corpus"]["seq_len"] >= 1 and cfg["train"]["steps"] >= 1
+    else:
+        tl_vpd.VPDConfig.from_file(path)
+    assert filecmp.cmp(path, REPO_CONFIGS / name, shallow=False), f"configs/{name} drifted"
+
+
+def test_target_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_TARGET, "train": {"stpes": 3}}))
+    with pytest.raises(ValueError, match="stpes"):
+        read_target_config(bad)
+    bad.write_text(yaml.safe_dump({"optimizer": {}}))
+    with pytest.raises(ValueError, match="sections"):
+        read_target_config(bad)
+
+
+def test_main_runs_every_stage_and_saves_the_report(pipeline):
+    out, text = pipeline
+    for stage in ("[target]", "[decompose]", "[evaluate]", "timings:"):
+        assert stage in text
+    assert "unmasked, Δ on" in text and "PGD 3 steps" in text
+    report = EvalReport.from_json(out / "eval.json")
+    assert [r["pgd_steps"] for r in report.adversarial] == [2, 3]
+    assert abs(report.row("unmasked, Δ on")["ce"] - report.row("target")["ce"]) <= 1e-5
+    assert report.row("target")["compute_recovered"] is not None  # the target's curve was used
+    assert (out / "target" / "model.safetensors").is_file()
+    assert (out / "decomp" / "decomposition" / "decomposition.json").is_file()
+
+
+def test_main_again_reuses_finished_stages(pipeline, tiny_configs, capsys):
+    out, _ = pipeline
+    rc = main(["main", "--out", str(out), "--target-config", str(tiny_configs[0]),
+               "--vpd-config", str(tiny_configs[1]), *TINY_EVAL])
+    text = capsys.readouterr().out
+    assert rc == 0 and "target found" in text and "decomposition found" in text
+
+
+def test_evaluate_command(pipeline, capsys):
+    out, _ = pipeline
+    (out / "eval.json").unlink()
+    assert main(["evaluate", "--run", str(out), "--n-batches", "1", "--pgd-steps", "2",
+                 "--no-progress"]) == 0
+    assert "rounded CI > 0.5" in capsys.readouterr().out
+    assert EvalReport.from_json(out / "eval.json").settings["n_batches"] == 1
+
+
+def test_decompose_command_and_resume(pipeline, tiny_configs, tmp_path, capsys):
+    out, _ = pipeline
+    args = ["decompose", "--target", str(out / "target"), "--out", str(tmp_path),
+            "--config", str(tiny_configs[1]), "--no-progress"]
+    assert main(args) == 0
+    assert (tmp_path / "decomp" / "decomposition").is_dir()
+    ckpts = sorted((tmp_path / "decomp" / "checkpoints").iterdir())
+    assert [c.name for c in ckpts] == ["step_0000010", "step_0000020"]
+    # An unfinished run (its final decomposition missing) needs --resume, then continues.
+    shutil.rmtree(tmp_path / "decomp" / "decomposition")
+    shutil.rmtree(ckpts[-1])
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert (tmp_path / "decomp" / "decomposition").is_dir()
+
+
+def test_a_changed_config_is_refused(pipeline, tiny_configs, tmp_path, capsys):
+    out, _ = pipeline
+    other = tmp_path / "vpd.yaml"
+    other.write_text(yaml.safe_dump({**TINY_VPD, "C": 16}))
+    assert main(["decompose", "--target", str(out / "target"), "--out", str(out),
+                 "--config", str(other), "--no-progress"]) == 2
+    assert "another config" in capsys.readouterr().err
+    assert main(["train-target", "--out", str(out), "--config", str(tiny_configs[0]),
+                 "--steps", "5", "--no-progress"]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_quick_end_to_end(tmp_path, capsys):
+    """The real ``tl-vpd main --quick`` (a few minutes on 2 CPU cores)."""
+    assert main(["main", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    report = EvalReport.from_json(tmp_path / "eval.json")
+    ce = {r["mode"]: r["ce"] for r in report.recon}
+    assert ce["target"] <= ce["unmasked"] + 1e-3 < ce["zero-ablated"]
+    assert "timings:" in capsys.readouterr().out

@@ -1,0 +1,264 @@
+"""Toy targets with known ground truth, their metrics, and recovery by the engine.
+
+Fast tier: the metric unit tests, the engine's exactness on every toy target, and three short
+decompositions (TMS 5-2, TMS 5-2 + identity, the cancellation toy). Longer reproductions live in
+``benchmarks/reproduce_spd_toys.py``.
+"""
+
+import math
+
+import pytest
+import torch
+
+import tl_vpd
+from tl_vpd import Decomposition
+from tl_vpd import metrics as M
+from tl_vpd.toy_models import (
+    TMS,
+    CancellationData,
+    CancellationToy,
+    ResidualMLP,
+    SparseFeatures,
+    ground_truth_components,
+    pair_indices,
+    reproduce,
+    resid_mlp_labels,
+    toy_config,
+    train_tms,
+)
+from tl_vpd.toy_models._runtime import single_threaded
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Toy tensors are tiny; on a shared 2-core machine one thread is many times faster.
+    with single_threaded():
+        yield
+
+
+# --------------------------------------------------------------------------- MMCS / ML2R
+def _column_decomposition(W):
+    """One subcomponent per column: U[:, j] = W[:, j], V = I."""
+    return W.clone(), torch.eye(W.shape[1])
+
+
+def test_mmcs_ml2r_perfect_decomposition_is_one():
+    W = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    U, V = _column_decomposition(W)
+    assert M.mmcs(W, U, V) == pytest.approx(1.0, abs=1e-6)
+    assert M.ml2r(W, U, V) == pytest.approx(1.0, abs=1e-6)
+    # Extra subcomponents elsewhere, a permutation, and a sign flip split between U and V
+    # change nothing.
+    perm = torch.tensor([2, 0, 3, 1])
+    U2 = torch.cat([U[:, perm] * torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.randn(3, 2)], 1)
+    V2 = torch.cat([V[perm] * torch.tensor([1.0, -1.0, 1.0, 1.0])[:, None], torch.zeros(2, 4)], 0)
+    cos, best, ratio = M.best_matching_subcomponents(W, U2, V2)
+    assert torch.allclose(cos, torch.ones(4), atol=1e-6)
+    assert best.tolist() == [1, 3, 0, 2]
+    assert torch.allclose(ratio, torch.ones(4), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_ml2r_of_scaled_decomposition_is_the_scale(scale):
+    W = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    U, V = _column_decomposition(W)
+    assert M.mmcs(W, scale * U, V) == pytest.approx(1.0, abs=1e-6)
+    assert M.ml2r(W, scale * U, V) == pytest.approx(scale, rel=1e-6)
+    assert M.ml2r(W, U, scale * V) == pytest.approx(scale, rel=1e-6)
+
+
+def test_mmcs_ml2r_hand_computed_mismatch():
+    # W = I₂ decomposed by one subcomponent (1, 1)ᵀ(1, 1): both columns are (1, 1).
+    W = torch.eye(2)
+    U, V = torch.ones(2, 1), torch.ones(1, 2)
+    assert M.mmcs(W, U, V) == pytest.approx(1 / math.sqrt(2), rel=1e-6)
+    assert M.ml2r(W, U, V) == pytest.approx(math.sqrt(2), rel=1e-6)
+    # A subcomponent pointing the opposite way has cosine −1, not +1.
+    w = torch.tensor([[1.0], [2.0]])
+    assert M.mmcs(w, -w, torch.ones(1, 1)) == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_alive_restriction_skips_dead_subcomponents():
+    W = torch.eye(2)
+    # Column 0 is best matched by a tiny dead subcomponent (exact direction, norm 1e-3).
+    U = torch.tensor([[0.9, 1e-3], [0.1, 0.0]])
+    V = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    U = torch.cat([U, torch.tensor([[0.0], [1.0]])], 1)
+    V = torch.cat([V, torch.tensor([[0.0, 1.0]])], 0)
+    assert M.ml2r(W, U, V) == pytest.approx((1e-3 + 1.0) / 2, rel=1e-6)
+    alive = torch.tensor([True, False, True])
+    assert M.ml2r(W, U, V, alive) == pytest.approx((math.hypot(0.9, 0.1) + 1.0) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="alive"):
+        M.mmcs(W, U, V, torch.zeros(3, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- CI patterns
+def test_permute_to_identity_and_identity_error():
+    ci = torch.zeros(3, 5)
+    ci[0, 4], ci[1, 0], ci[2, 2] = 1.0, 1.0, 0.95
+    permuted, perm = M.permute_to_identity(ci)
+    assert perm[:3].tolist() == [4, 0, 2] and sorted(perm.tolist()) == list(range(5))
+    assert torch.equal(permuted[:, :3], torch.diag(torch.tensor([1.0, 1.0, 0.95])))
+    assert M.identity_ci_error(ci) == 0
+    ci[1, 3] = 0.5  # a second subcomponent fires for feature 1
+    ci[2, 2] = 0.6  # and feature 2's own subcomponent is only partly important
+    assert M.identity_ci_error(ci) == 2
+    with pytest.raises(ValueError, match="at least as many"):
+        M.identity_ci_error(torch.zeros(4, 3))
+
+
+def test_dense_error_counts_missing_and_extra_columns():
+    ci = torch.zeros(4, 6)
+    ci[:, 1] = ci[:, 3] = 1.0  # two subcomponents on every input: the k = 2 dense pattern
+    assert M.dense_ci_error(ci, k=2) == 0
+    assert M.dense_ci_error(ci, k=3) == 1  # a third expected column is missing
+    ci[2, 5] = 0.4
+    assert M.dense_ci_error(ci, k=2) == 1
+    assert M.permute_to_dense(ci)[1][:2].tolist() == [1, 3]
+
+
+def test_neuron_contributions_match_definitions():
+    g = torch.Generator().manual_seed(2)
+    W_E = torch.eye(6)[:4]  # orthonormal embeddings: a column-wise W_in decomposition is exact
+    W_in, W_out = torch.randn(3, 6, generator=g), torch.randn(6, 3, generator=g)
+    nc = M.neuron_contributions(W_E, W_in, W_out)
+    for i in range(4):  # eq. 11 written out
+        assert torch.allclose(nc[i], (W_E[i] @ W_out) * (W_in @ W_E[i]))
+    U_in, V_in = W_in.clone(), torch.eye(6)  # subcomponent c reads embedding direction c
+    nc_sub, best = M.subcomponent_neuron_contributions(W_E, U_in, V_in, W_out)
+    assert torch.allclose(nc_sub, nc, atol=1e-6)
+    assert best.tolist() == [0, 1, 2, 3] or torch.allclose(nc_sub, nc)
+
+
+# --------------------------------------------------------------------------- targets
+def _targets():
+    return {
+        "tms": TMS(5, 2, seed=0),
+        "tms_id": TMS(5, 2, identity=True, seed=0),
+        "resid_mlp": ResidualMLP(n_features=12, d_embed=30, d_mlp=6, n_layers=2, seed=0),
+        "cancellation": CancellationToy(n_pairs=2, n_features=3),
+    }
+
+
+EXPECTED_SITES = {
+    "tms": ["linear1", "linear2"],
+    "tms_id": ["linear1", "hidden_layers.0", "linear2"],
+    "resid_mlp": ["blocks.0.mlp.W_in", "blocks.0.mlp.W_out", "blocks.1.mlp.W_in",
+                  "blocks.1.mlp.W_out"],
+    "cancellation": ["linear"],
+}
+
+
+def _inputs(name, model, n=16):
+    g = torch.Generator().manual_seed(3)
+    if name == "cancellation":
+        return CancellationData(model.n_pairs, model.n_features, p=0.5)(n, g)
+    lo = -1.0 if name == "resid_mlp" else 0.0
+    return SparseFeatures(model.n_features, 0.5, lo, 1.0)(n, g)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_SITES))
+def test_sites_are_the_matrices_the_forward_uses(name):
+    model = _targets()[name]
+    dec = Decomposition.from_model(model, C=7)
+    assert dec.sites == EXPECTED_SITES[name]
+    x = _inputs(name, model)
+    _, captured = dec.run_target(x)
+    outs = {}
+    specs = {s.name: s for s in model.vpd_sites()}
+    hooks = [(specs[n].output_hook, lambda act, hook, n=n: outs.__setitem__(n, act)) for n in dec.sites]
+    model.run_with_hooks(x, fwd_hooks=hooks)
+    for n in dec.sites:  # the output hook carries exactly x @ W.T + b
+        b = specs[n].get_bias()
+        expected = captured[n] @ dec.target_weight(n).T + (0 if b is None else b)
+        assert torch.allclose(outs[n], expected, atol=1e-6), n
+    if name.startswith("tms"):  # linear2 is tied to linear1ᵀ
+        assert torch.equal(dec.target_weight("linear2"), model.linear1.W.T)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_SITES))
+def test_all_ones_masks_reproduce_the_target_exactly(name):
+    model = _targets()[name]
+    dec = Decomposition.from_model(model, C=7, ci_fn="mlp", ci_hidden=4)
+    x = _inputs(name, model)
+    ref = model(x)
+    ones = {n: torch.ones(x.shape[0], 7) for n in dec.sites}
+    dones = {n: torch.ones(x.shape[0]) for n in dec.sites}
+    for impl in ("factorized", "materialized"):
+        assert torch.equal(dec.run_masked(x, ones, dones, impl="factorized"), ref) or impl == "materialized"
+        assert (dec.run_masked(x, ones, dones, impl=impl) - ref).abs().max() <= 1e-5, impl
+    assert (dec.run_masked(x, ones) - ref).abs().max() <= 1e-5  # Δ mask defaults to 1
+    zeros = {n: torch.zeros_like(m) for n, m in ones.items()}
+    dzeros = {n: torch.zeros_like(m) for n, m in dones.items()}
+    assert (dec.run_masked(x, zeros, dzeros) - ref).abs().max() > 1e-2  # masks do act
+    g = dec.causal_importance(x)
+    assert set(g) == set(dec.sites) and all(v.shape == (x.shape[0], 7) for v in g.values())
+
+
+def test_target_training_is_deterministic_and_learns():
+    a, b = train_tms(5, 2, seed=3, steps=300), train_tms(5, 2, seed=3, steps=300)
+    assert torch.equal(a.W, b.W) and not a.W.requires_grad
+    assert not torch.equal(a.W, train_tms(5, 2, seed=4, steps=300).W)
+    x = 0.75 * torch.eye(5)
+    assert (a(x) - x).pow(2).mean() < (TMS(5, 2, seed=3)(x) - x).pow(2).mean()
+
+
+def test_resid_mlp_labels_and_data_ranges():
+    x = torch.tensor([[-0.5, 0.0, 0.7]])
+    assert torch.allclose(resid_mlp_labels(x), torch.tensor([[-0.5, 0.0, 1.4]]))
+    data = SparseFeatures(100, 0.01, -1.0, 1.0)
+    batch = data(4096, torch.Generator().manual_seed(0))
+    assert batch.min() >= -1 and batch.max() <= 1
+    assert abs((batch != 0).float().mean().item() - 0.01) < 0.002
+
+
+def test_unknown_experiment_and_method_are_refused():
+    with pytest.raises(ValueError, match="unknown toy experiment"):
+        toy_config("tms_5-3")
+    with pytest.raises(ValueError, match="method"):
+        toy_config("tms_5-2", method="apd")
+
+
+# --------------------------------------------------------------------------- recovery
+def test_tms_5_2_recovers_the_columns_of_W():
+    target, dec = reproduce("tms_5-2", seed=0, quick=True, method="spd")
+    assert (target.W.norm(dim=0) > 0.5).all(), "the target must represent all 5 features"
+    c = dec.components["linear1"]
+    assert M.mmcs(target.W, c.U, c.V) >= 0.99
+    assert 0.95 <= M.ml2r(target.W, c.U, c.V) <= 1.05
+    ci = M.one_hot_causal_importance(dec, 5)["linear1"]
+    assert M.identity_ci_error(ci) == 0
+
+
+def test_tms_identity_site_has_exactly_n_hidden_live_subcomponents():
+    target, dec = reproduce("tms_5-2-id", seed=0, quick=True, method="spd")
+    x = SparseFeatures(5, 0.05)(2048, torch.Generator().manual_seed(9))
+    ci = dec.causal_importance(torch.cat([x, 0.75 * torch.eye(5)]))["hidden_layers.0"]
+    assert int(M.alive_subcomponents(ci, 0.1).sum()) == target.n_hidden
+    # ... and the live ones sum to the identity.
+    comp = dec.components["hidden_layers.0"]
+    live = M.alive_subcomponents(ci, 0.1)
+    assert torch.allclose(comp.U[:, live] @ comp.V[live], torch.eye(2), atol=0.05)
+
+
+def test_cancellation_stochastic_masks_miss_the_pair_adversarial_masks_do_not():
+    target = CancellationToy(n_pairs=1, n_features=4)
+    assert torch.equal(torch.mm(*ground_truth_components(target)), target.W)
+    x = CancellationData(1, 4)(1024, torch.Generator().manual_seed(11))
+    assert target(x)[:, 0].abs().max() == 0  # y cancels on every input
+    pair = pair_indices(target)
+    results = {}
+    for method in ("spd", "vpd"):
+        _, dec = reproduce("cancellation", quick=True, method=method)
+        g = dec.causal_importance(x)["linear"]
+        err = M.single_ablation_errors(dec, x)["linear"]
+        results[method] = (g[:, pair].mean().item(), err[pair].max().item(),
+                           g[:, :4][x[:, 1:] > 0].mean().item())
+    spd_g, spd_err, spd_feat = results["spd"]
+    vpd_g, vpd_err, vpd_feat = results["vpd"]
+    # SPD: sparse-looking (g ≈ 0 for both) and wrong: ablating one alone moves y by the full 3.
+    assert spd_g < 0.05 and spd_err > 2.8
+    # ... while it does keep the ordinary feature mechanisms (the control).
+    assert spd_feat > 0.4
+    # VPD raises g for the pair, so the worst single ablation allowed by the CI is much smaller.
+    assert vpd_g > 0.4 and vpd_err < 1.8

@@ -1,0 +1,195 @@
+"""One call per SPD-paper toy experiment: train the target, decompose it, return both.
+
+>>> target, dec = tl_vpd.toy_models.reproduce("tms_5-2", method="spd")
+
+Every experiment goes through the same engine as a language model (:func:`tl_vpd.decompose`);
+this module only holds the targets' recipes and the decomposition hyperparameters, each with
+where it comes from. ``quick=True`` is a reduced setting for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from tl_vpd.config import VPDConfig
+from tl_vpd.toy_models._runtime import single_threaded
+from tl_vpd.toy_models.cancellation import CancellationData, CancellationToy, decompose_cancellation
+from tl_vpd.toy_models.resid_mlp import resid_mlp_data, train_resid_mlp
+from tl_vpd.toy_models.tms import tms_data, train_tms
+
+__all__ = ["EXPERIMENTS", "ToyExperiment", "reproduce", "toy_config"]
+
+@dataclass(frozen=True)
+class ToyExperiment:
+    """A target recipe and its decomposition settings.
+
+    Attributes:
+        train: ``(seed, quick) -> target``.
+        data: ``target -> data callable`` for :func:`tl_vpd.decompose`.
+        spd: config overrides on ``VPDConfig.preset("spd")``.
+        vpd: config overrides on ``VPDConfig.preset("vpd")``.
+        quick: overrides applied on top of either for ``quick=True``.
+    """
+
+    train: Callable[[int, bool], nn.Module]
+    data: Callable[[nn.Module], Callable]
+    spd: dict[str, Any]
+    vpd: dict[str, Any]
+    quick: dict[str, Any] = field(default_factory=dict)
+
+
+# Settings shared by every toy decomposition in both methods (SPD paper A.4).
+_TOY_COMMON = dict(
+    ci_fn="mlp",  # SPD paper A.4: one MLP per subcomponent on its inner activation
+    ci_hidden=16,  # SPD paper A.4: d_gate = 16 GELU neurons
+    lr=1e-3,  # SPD paper A.4: max lr 1e-3
+    faithfulness_warmup_steps=200,  # reference implementation (TMS): 200 warm-up steps ...
+    faithfulness_warmup_lr=1e-2,  # ... at lr 0.01, so U V ≈ W before the masks matter
+    progress=False,
+    log_every=100,
+)
+# VPD on a toy: the VPD paper's losses and adversary; minimality stays at the SPD paper's
+# per-toy coefficient and p (the VPD paper's 2 → 0.4 annealing and frequency term are tuned for
+# language models, where the reconstruction loss is a KL over 50k tokens, not a toy MSE).
+_VPD_TOY = dict(
+    grad_clip_components=None,  # SPD paper: no clipping; the toy losses have no spikes
+    grad_clip_ci=None,
+    freq_beta=0.0,
+    lr_final_frac=0.0,  # SPD paper A.4 (TMS): cosine to 0
+)
+
+
+def _tms(n_features: int, n_hidden: int, identity: bool) -> Callable[[int, bool], nn.Module]:
+    def train(seed: int, quick: bool) -> nn.Module:
+        return train_tms(n_features, n_hidden, identity=identity, seed=seed,
+                         steps=3000 if quick else 10_000)
+
+    return train
+
+
+def _tms_experiment(n_features: int, n_hidden: int, identity: bool) -> ToyExperiment:
+    small = n_features <= 5
+    C = 20 if small else 200  # reference implementation: 20 (5-2), 200 (40-10) per site
+    minimality = dict(
+        coeff_importance=3e-3 if small else 1e-4,  # SPD paper A.4.1
+        p_start=1.0 if small else 2.0,  # SPD paper A.4.1: p = 1 (5-2), 2 (40-10)
+        p_end=1.0 if small else 2.0,
+    )
+    common = dict(C=C, steps=10_000, batch_size=4096, **minimality)  # reference: 10k steps
+    return ToyExperiment(
+        train=_tms(n_features, n_hidden, identity),
+        data=lambda target: tms_data(target.n_features),
+        spd=dict(common),
+        vpd=dict(common, freq_ref_tokens=4096, **_VPD_TOY),
+        quick=dict(steps=1500, batch_size=1024, C=10 if small else 80, lr=2e-3),
+    )
+
+
+def _resid_experiment(n_layers: int) -> ToyExperiment:
+    n_features, d_mlp = {1: (100, 50), 2: (100, 25), 3: (102, 17)}[n_layers]
+
+    def train(seed: int, quick: bool) -> nn.Module:
+        return train_resid_mlp(n_features, d_mlp, n_layers, seed=seed,
+                               steps=300 if quick else None)
+
+    common = dict(
+        C={1: 100, 2: 400, 3: 500}[n_layers],  # SPD paper A.4.2
+        steps={1: 30_000, 2: 50_000, 3: 200_000}[n_layers],  # SPD paper A.4.2
+        batch_size=2048,  # SPD paper A.4.2
+        lr={1: 2e-3, 2: 1e-3, 3: 1e-3}[n_layers],  # SPD paper A.4.2
+        lr_final_frac=1.0,  # SPD paper A.4.2: constant learning rate
+        ci_hidden={1: 16, 2: 16, 3: 128}[n_layers],  # SPD paper A.4.2
+        coeff_importance={1: 1e-5, 2: 1e-5, 3: 0.5e-5}[n_layers],  # SPD paper A.4.2
+        p_start=2.0, p_end=2.0,  # SPD paper A.4.2
+    )
+    return ToyExperiment(
+        train=train,
+        data=lambda target: resid_mlp_data(target.n_features),
+        spd=dict(common),
+        vpd=dict(common, freq_ref_tokens=2048, **{**_VPD_TOY, "lr_final_frac": 1.0}),
+        quick=dict(steps=300, batch_size=256, C=110 if n_layers < 3 else 120),
+    )
+
+
+def _cancellation_experiment() -> ToyExperiment:
+    # β · n_out = 4.5 lies between SPD's threshold for dropping a cancelling pair (3) and VPD's
+    # (10.5); see tl_vpd.toy_models.cancellation. Identical minimality in both arms.
+    common = dict(C=6, steps=1000, batch_size=256, lr=3e-3, coeff_delta=0.0,
+                  coeff_importance=4.5 / 5, p_start=1.0, p_end=1.0,
+                  faithfulness_warmup_steps=0)
+    return ToyExperiment(
+        train=lambda seed, quick: CancellationToy(n_pairs=1, n_features=4),
+        data=lambda target: CancellationData(target.n_pairs, target.n_features),
+        spd=dict(common),
+        # Equal total reconstruction weight: SPD's stochastic 1 + layerwise 1 vs VPD's
+        # stochastic 1 + adversarial 1 (VPD paper: 0.5 + 0.5).
+        vpd=dict(common, coeff_stochastic=1.0, coeff_adversarial=1.0, **_VPD_TOY),
+        quick=dict(steps=500),
+    )
+
+
+EXPERIMENTS: dict[str, ToyExperiment] = {
+    "tms_5-2": _tms_experiment(5, 2, identity=False),
+    "tms_40-10": _tms_experiment(40, 10, identity=False),
+    "tms_5-2-id": _tms_experiment(5, 2, identity=True),
+    "tms_40-10-id": _tms_experiment(40, 10, identity=True),
+    "resid_mlp1": _resid_experiment(1),
+    "resid_mlp2": _resid_experiment(2),
+    "resid_mlp3": _resid_experiment(3),
+    "cancellation": _cancellation_experiment(),
+}
+
+
+def toy_config(name: str, method: str = "vpd", quick: bool = False, seed: int = 0,
+               **overrides: Any) -> VPDConfig:
+    """The decomposition config :func:`reproduce` uses for ``name``.
+
+    Arguments:
+        name: one of :data:`EXPERIMENTS`.
+        method: ``"spd"`` (SPD paper losses) or ``"vpd"`` (+ adversary, Δ-component).
+        quick: the reduced setting.
+        seed: the decomposition's seed.
+        **overrides: any :class:`~tl_vpd.VPDConfig` field, applied last.
+    """
+    exp = _experiment(name)
+    if method not in ("spd", "vpd"):
+        raise ValueError(f"method must be 'spd' or 'vpd', got {method!r}")
+    fields = {**_TOY_COMMON, **(exp.spd if method == "spd" else exp.vpd),
+              **(exp.quick if quick else {}), "seed": seed, **overrides}
+    return VPDConfig.preset(method, **fields)
+
+
+def reproduce(name: str, seed: int = 0, quick: bool = False, method: str = "vpd",
+              **overrides: Any) -> tuple[nn.Module, Any]:
+    """Train the target ``name`` and decompose it.
+
+    Arguments:
+        name: ``tms_5-2``, ``tms_40-10``, ``tms_5-2-id``, ``tms_40-10-id``, ``resid_mlp1``,
+            ``resid_mlp2``, ``resid_mlp3`` or ``cancellation``.
+        seed: seeds the target's training and the decomposition (deterministic).
+        quick: a reduced setting (shorter target training and decomposition) for tests.
+        method: ``"vpd"`` or ``"spd"``.
+        **overrides: :class:`~tl_vpd.VPDConfig` fields for the decomposition.
+
+    Returns:
+        ``(target, decomposition)``.
+    """
+    exp = _experiment(name)
+    cfg = toy_config(name, method, quick, seed, **overrides)
+    with single_threaded():
+        target = exp.train(seed, quick)
+        if name == "cancellation":
+            return target, decompose_cancellation(target, cfg, exp.data(target))
+        from tl_vpd.decompose import decompose
+
+        return target, decompose(target, cfg, exp.data(target))
+
+
+def _experiment(name: str) -> ToyExperiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown toy experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
