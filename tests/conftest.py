@@ -10,4 +10,6 @@ _hook = install_import_hook("tl_vpd", "beartype.beartype")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a shared 2-core machine, torch with 2 threads on tiny models can run 30-100x
+# slower when the other core is busy; the tests use tiny models where 1 thread loses little.
+torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The ``tl-vpd`` command line, end to end on a tiny target (the real configs run as a slow test)."""
+"""The ``tl-vpd`` command line end to end on a tiny target; the real ``--quick`` run is slow."""
 
 import contextlib
 import filecmp

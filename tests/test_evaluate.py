@@ -53,7 +53,8 @@ def report(random_dec, eval_tokens):
 
 def test_table_rows_and_sanity_row(random_dec, report):
     assert [r["mode"] for r in report.recon] == MODES
-    target, delta_on, zero = report.row("target"), report.row("unmasked, Δ on"), report.row("zero-ablated")
+    target, zero = report.row("target"), report.row("zero-ablated")
+    delta_on = report.row("unmasked, Δ on")
     assert abs(delta_on["ce"] - target["ce"]) <= 1e-5
     assert target["kl"] == 0.0 and delta_on["kl"] <= 1e-6
     assert target["ce_recovered"] == 1.0 and zero["ce_recovered"] == 0.0
@@ -183,3 +184,9 @@ def test_toy_models_report_mse():
     assert rep.row("zero-ablated")["mse_recovered"] == 0.0
     assert rep.n_tokens == 32 and rep.layers[0]["C"] == 16
     assert "MSE" in repr(rep) and "mse" in rep.adversarial[0]
+
+
+def test_decomposition_method_is_the_free_function(random_dec, eval_tokens, report):
+    again = random_dec.evaluate(eval_tokens, n_batches=N_BATCHES, batch_size=BATCH,
+                                pgd_steps=(2, 4), progress=False)
+    assert again == report  # same seed: the same numbers

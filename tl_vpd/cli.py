@@ -37,7 +37,7 @@ CORPUS_DIR, TARGET_DIR, DECOMP_DIR = "corpus", "target", "decomp"
 DECOMPOSITION_DIR = "decomposition"  # inside DECOMP_DIR, written by tl_vpd.decompose
 TARGET_STAGE_FILE = "target.yaml"  # the target stage's config, saved next to the target
 EVAL_FILE = "eval.json"
-DEFAULT_EVAL = dict(n_batches=8, batch_size=16, pgd_steps=(5, 10, 20, 40, 80), pgd_batches=2)
+DEFAULT_EVAL = dict(n_batches=8, batch_size=16, pgd_steps=(5, 10, 20, 40, 80), pgd_batches=1)
 QUICK_EVAL = dict(n_batches=4, batch_size=16, pgd_steps=(5, 10, 20, 40), pgd_batches=1)
 
 
@@ -195,8 +195,8 @@ def evaluate_stage(model, corpus, curve, out: Path, progress: bool = True, **eva
 def _cmd_train_target(args) -> None:
     out = Path(args.out)
     t = time.perf_counter()
-    _, _, curve, trained = train_target_stage(
-        out, _stage_config(args.config, args.quick, "target.yaml"), args.steps, not args.no_progress)
+    config = _stage_config(args.config, args.quick, "target.yaml")
+    _, _, curve, trained = train_target_stage(out, config, args.steps, not args.no_progress)
     verb = "trained" if trained else "found (already trained)"
     print(f"target {verb} in {out / TARGET_DIR} ({time.perf_counter() - t:.1f} s); "
           f"val CE {curve[0]['val_ce']:.3f} -> {curve[-1]['val_ce']:.3f}")

@@ -31,8 +31,8 @@ from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import masks_from_sources, sample_sources
 
-__all__ = ["EvalReport", "eval_batches", "evaluate", "l0_per_site", "pgd_recon", "quick_eval",
-           "compute_recovered"]
+__all__ = ["EvalReport", "compute_recovered", "eval_batches", "evaluate", "l0_per_site",
+           "pgd_recon", "quick_eval"]
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)  # VPD paper: rounded-CI masks
 ALIVE_THRESHOLD = 1e-6  # VPD paper: a subcomponent is alive if its mean CI exceeds this
@@ -84,7 +84,8 @@ def quick_eval(dec, data, cfg, kind: str) -> dict[str, float]:
             ci = dec.ci(inputs).lower
             totals["l0"] += sum(l0_per_site(ci).values())
             masks, dmasks = masks_from_sources(ci, sample_sources(ci, gen))
-            totals["stochastic"] += recon_loss(target, dec.run_masked(batch, masks, dmasks), kind).item()
+            out = dec.run_masked(batch, masks, dmasks)
+            totals["stochastic"] += recon_loss(target, out, kind).item()
         totals["adversarial"] += pgd_recon(dec, batch, target, ci, cfg.eval_pgd_steps, kind=kind,
                                            generator=gen)
     return {k: v / len(batches) for k, v in totals.items()}
@@ -110,7 +111,8 @@ class EvalReport:
         total: the same summed over all sites.
         adversarial: per PGD step count: ``pgd_steps`` and ``kl`` (``mse`` for toy models) under
             fresh PGD with sources shared across the batch, step size ``2/n``.
-        zero_ablated: KL (MSE) with every decomposed matrix zero-ablated, the adversary's ceiling.
+        zero_ablated: KL (MSE) with every decomposed matrix zero-ablated, the reference for the
+            adversarial numbers.
         n_tokens: tokens (toy: examples) the L0 and alive counts are measured on.
         settings: how it was measured (batches, batch size, sequence length, seed, ...).
     """
@@ -155,30 +157,35 @@ class EvalReport:
         """(title, [(key, header)], rows) of every table, shared by the text and HTML views."""
         if self.metric == "ce":
             recon_cols = [("mode", "mode"), ("ce", "CE"), ("kl", "KL(target‖·)"),
-                          ("ce_recovered", "CE recovered"), ("compute_recovered", "compute recovered")]
+                          ("ce_recovered", "CE recovered"),
+                          ("compute_recovered", "compute recovered")]
             adv_key = "kl"
         else:
             recon_cols = [("mode", "mode"), ("mse", "MSE"), ("mse_recovered", "MSE recovered")]
             adv_key = "mse"
         unit = "tokens" if self.metric == "ce" else "examples"
-        alive_cols = [("C", "C"), ("l0", "L0"), ("alive", "alive"), ("fired", "fired"), ("l0_per_alive", "L0/alive")]
-        adv_rows = [{"attack": f"PGD {r['pgd_steps']} steps", adv_key: r[adv_key]} for r in self.adversarial]
+        alive_cols = [("C", "C"), ("l0", "L0"), ("alive", "alive"), ("fired", "fired"),
+                      ("l0_per_alive", "L0/alive")]
+        adv_rows = [{"attack": f"PGD {r['pgd_steps']} steps", adv_key: r[adv_key]}
+                    for r in self.adversarial]
         adv_rows.append({"attack": "zero-ablated", adv_key: self.zero_ablated})
+        n_pgd = self.settings.get("pgd_batches")
         return [
             ("Reconstruction (Δ excluded except in the last row)", recon_cols, self.recon),
-            (f"L0 (CI > 0) and alive subcomponents per layer: alive = mean CI > {ALIVE_THRESHOLD:g}, "
-             f"fired = CI > 0 at least once in {self.n_tokens:,} {unit}",
+            (f"L0 (CI > 0) and alive subcomponents per layer: alive = mean CI > "
+             f"{ALIVE_THRESHOLD:g}, fired = CI > 0 at least once in {self.n_tokens:,} {unit}",
              [("layer", "layer")] + alive_cols, self.layers + [{"layer": "total", **self.total}]),
             ("Per site", [("site", "site")] + alive_cols, self.sites),
-            (f"Adversarial {adv_key.upper()} (fresh PGD, sources shared across the batch, step 2/n)",
+            (f"Adversarial {adv_key.upper()} (fresh PGD on {n_pgd} batch(es), sources shared "
+             "across the batch, step size 2/n)",
              [("attack", "attack"), (adv_key, adv_key.upper())], adv_rows),
         ]
 
     def _header(self) -> str:
         s = self.settings
         shape = " × ".join(str(s[k]) for k in ("n_batches", "batch_size", "seq_len") if s.get(k))
-        return f"EvalReport ({self.metric}): {shape} = {self.n_tokens:,} tokens" if shape else \
-            f"EvalReport ({self.metric}): {self.n_tokens:,} tokens"
+        unit = "tokens" if self.metric == "ce" else "examples"
+        return f"EvalReport ({self.metric}): {shape} = {self.n_tokens:,} {unit}"
 
     def __repr__(self) -> str:
         parts = [self._header()]
@@ -224,8 +231,8 @@ def _html_table(cols: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
     body = "".join(
         "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>"
-                         f"{html.escape(_fmt(k, r.get(k)))}</td>" for i, (k, _) in enumerate(cols)) + "</tr>"
-        for r in rows)
+                         f"{html.escape(_fmt(k, r.get(k)))}</td>" for i, (k, _) in enumerate(cols))
+        + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -374,7 +381,8 @@ def evaluate(
     l0_sum = dict.fromkeys(dec.sites, 0.0)
     adv = {int(n): 0.0 for n in pgd_steps}
     n_tokens = 0
-    for i, batch in enumerate(tqdm(batches, desc="evaluate", disable=not progress, dynamic_ncols=True)):
+    bar = tqdm(batches, desc="evaluate", disable=not progress, dynamic_ncols=True)
+    for i, batch in enumerate(bar):
         with torch.no_grad():
             target, inputs = dec.run_target(batch)
             ci = dec.ci(inputs).lower
@@ -400,7 +408,8 @@ def evaluate(
     settings = {"n_batches": len(batches), "batch_size": int(first.shape[0]),
                 "seq_len": int(first.shape[1]) if metric == "ce" else None,
                 "pgd_batches": pgd_batches, "seed": seed,
-                "rounding_thresholds": list(ROUNDING_THRESHOLDS), "alive_threshold": ALIVE_THRESHOLD}
+                "rounding_thresholds": list(ROUNDING_THRESHOLDS),
+                "alive_threshold": ALIVE_THRESHOLD}
     return EvalReport(metric=metric, recon=recon, sites=sites, layers=layers, total=total,
                       adversarial=adversarial, zero_ablated=sums[ZERO].mean(recon_kind),
                       n_tokens=n_tokens, settings=settings)

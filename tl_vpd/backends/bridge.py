@@ -5,25 +5,27 @@ wraps the real module (``nn.Linear``, or HF ``Conv1D`` whose weight is stored ``
 fires its own ``hook_in`` / ``hook_out``. Hook map (``L`` is the layer; canonical names, never the
 aliases such as ``attn.hook_q``, which are the same hook point and would run the swap twice):
 
-========= ===================================== =====================================
-site      input captured at                     output replaced at
-========= ===================================== =====================================
-W_Q/K/V   ``blocks.L.attn.q/k/v.hook_in``       ``blocks.L.attn.q/k/v.hook_out``
-W_O       ``blocks.L.attn.o.hook_in``           ``blocks.L.attn.o.hook_out``
-W_gate    ``blocks.L.mlp.hook_in``              ``blocks.L.mlp.gate.hook_out``
-W_in      ``mlp.in.hook_in`` (gated: ``mlp.hook_in``) ``blocks.L.mlp.in.hook_out``
-W_out     ``blocks.L.mlp.out.hook_in``          ``blocks.L.mlp.out.hook_out``
-========= ===================================== =====================================
+========= ============================================ ==================================
+site      input captured at                            output replaced at
+========= ============================================ ==================================
+W_Q/K/V   ``blocks.L.attn.q/k/v.hook_in``              ``blocks.L.attn.q/k/v.hook_out``
+W_O       ``blocks.L.attn.o.hook_in``                  ``blocks.L.attn.o.hook_out``
+W_gate    ``blocks.L.mlp.hook_in``                     ``blocks.L.mlp.gate.hook_out``
+W_in      ``blocks.L.mlp.in.hook_in`` (gated: as gate) ``blocks.L.mlp.in.hook_out``
+W_out     ``blocks.L.mlp.out.hook_in``                 ``blocks.L.mlp.out.hook_out``
+========= ============================================ ==================================
 
-Version and mode facts this relies on (integration study §4, re-checked by ``tests/test_bridge.py``
-on TL 3.9 and 4.x):
+The hooks are plain torch hooks on those hook points (handles kept and removed, untouched by
+``reset_hooks()``), so they see the tensors the projections really read and return, before any
+TL-level shape conversion. Facts this relies on (integration study §4; ``tests/test_bridge.py``
+re-checks them on TL 3.9 and 4.x):
 
-* GPT-2's fused ``c_attn`` (and NeoX's ``query_key_value``) is split into three ``nn.Linear`` at
-  boot; those are what the forward runs, so they are the decomposed Q/K/V.
-* In compatibility mode (``enable_compatibility_mode()``) a gated MLP runs a functional path on
-  private processed copies (``mlp._processed_W_gate`` ...) that fires ``gate/in.hook_out`` but not
-  their ``hook_in``; the gate/in input is therefore read at ``mlp.hook_in`` (the same tensor in
-  both modes) and the weights from those copies.
+* GPT-2's fused ``c_attn`` (and GPT-NeoX's ``query_key_value``) is split into three
+  ``nn.Linear`` at boot; those are what the forward runs, so they are the decomposed Q/K/V.
+* In compatibility mode (``enable_compatibility_mode()``) a gated MLP runs a functional path that
+  fires ``gate/in.hook_out`` but not their ``hook_in``: the gate/in input is read at
+  ``mlp.hook_in``, the same tensor in both modes. On TL 3.9 that path multiplies by private
+  processed copies (``mlp._processed_W_gate`` ...), so those are the sites' weights there.
 * ``use_attn_result`` skips ``o.hook_out`` and ``use_split_qkv_input`` / ``use_attn_in`` skip
   ``q/k/v.hook_in``: refused, and the per-forward exactly-once check catches anything similar.
 
@@ -119,6 +121,9 @@ class BridgeBackend(Backend):
 
 # ---------------------------------------------------------------------- helpers
 def _refuse_unsupported(model: nn.Module) -> None:
+    if not isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        raise ValueError(f"this {type(model).__name__} has no decoder `blocks`; tl_vpd decomposes "
+                         "the attention and MLP matrices of decoder blocks")
     problems = []
     configs = [model.cfg] + [getattr(b.attn, "config", None) for b in model.blocks
                              if b._modules.get("attn") is not None]

@@ -85,7 +85,9 @@ def _tms_experiment(n_features: int, n_hidden: int, identity: bool) -> ToyExperi
         data=lambda target: tms_data(target.n_features),
         spd=dict(common),
         vpd=dict(common, freq_ref_tokens=4096, **_VPD_TOY),
-        quick=dict(steps=1500, batch_size=1024, C=10 if small else 80, lr=2e-3),
+        # quick: a constant lr 5e-3 converged TMS 5-2 (MMCS 1.000, ML2R 1.001) in 1500 steps.
+        quick=dict(steps=2000, batch_size=1024, lr=5e-3, lr_final_frac=1.0,
+                   **({} if small else dict(C=80))),
     )
 
 
