@@ -58,6 +58,8 @@ class Decomposition(nn.Module):
         self.ci_fn = ci_fn
         self.spec = spec
         self.leaky_alpha = spec.get("leaky_alpha", 0.01)
+        self.config = None  # the VPDConfig it was trained with, when trained by decompose()
+        self.history: list[dict] = []
 
     # ------------------------------------------------------------- construction
     @classmethod

@@ -62,6 +62,7 @@ def save(dec, path) -> Path:
         "site_shapes": {n: [c.d_out, c.d_in, c.C] for n, c in comps.items()},
         "fingerprint": fingerprint(dec),
         "extra": getattr(dec, "extra", {}),
+        "config": None if getattr(dec, "config", None) is None else dec.config.to_dict(),
     }
     (path / SPEC_FILE).write_text(json.dumps(meta, indent=2))
     return path
@@ -105,4 +106,8 @@ def load(path, model: nn.Module):
             c.V.copy_(tensors[f"{name}.V"])
     dec.ci_fn.load_state_dict(load_file(str(path / CI_FILE)))
     dec.extra = meta.get("extra", {})
+    if meta.get("config") is not None:
+        from tl_vpd.config import VPDConfig
+
+        dec.config = VPDConfig.from_dict(meta["config"])
     return dec

@@ -334,8 +334,9 @@ class QKInteractions:
 
     def __repr__(self) -> str:
         rot = "rotary" if self.rotary else "no rotary: constant over offsets"
-        lines = [f"QKInteractions(layer {self.layer}, {self.values.shape[0]}×{self.values.shape[1]} "
-                 f"pairs, {self.values.shape[2]} heads, offsets {self.offsets[0]}..{self.offsets[-1]}, {rot})",
+        Cq, Ck, H, _ = self.values.shape
+        lines = [f"QKInteractions(layer {self.layer}, {Cq}×{Ck} pairs, {H} heads, offsets "
+                 f"{self.offsets[0]}..{self.offsets[-1]}, {rot})",
                  "  top pairs (standardized): c_q c_k head offset value"]
         lines += [f"  {cq:>4} {ck:>3} {h:>4} {t:>6} {v:+.2f}" for cq, ck, h, t, v in self.top(8)]
         return "\n".join(lines)
@@ -420,7 +421,8 @@ class BoundaryHit:
     precision: float  # fraction of its firings on any boundary class
     class_precision: dict[str, float]  # fraction of its firings on each class
     base_rate: dict[str, float]  # fraction of all tokens in each class
-    routed: list[float] | None = field(default=None)  # per head: attention onto its firing keys lost when ablated
+    # per head of its layer: attention onto the keys where it fires, lost when it is ablated
+    routed: list[float] | None = field(default=None)
 
     @property
     def name(self) -> str:

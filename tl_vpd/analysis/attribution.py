@@ -106,8 +106,8 @@ class AttributionGraph:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{w:+.4f}</td><td>{html.escape(s.label)}</td><td>{html.escape(d.label)}</td></tr>"
-                       for s, d, w in self.top_edges(30))
+        rows = "".join(f"<tr><td>{w:+.4f}</td><td>{html.escape(s.label)}</td>"
+                       f"<td>{html.escape(d.label)}</td></tr>" for s, d, w in self.top_edges(30))
         return (f"<div><b>{html.escape(self._header())}</b><table><tr><th>attr</th><th>from</th>"
                 f"<th>to</th></tr>{rows}</table></div>")
 
@@ -166,7 +166,7 @@ def attribution_graph(
         raw[site.name], leaves[site.name] = a, leaf
         delta = (x.detach().to(comp.V.dtype) @ comp.delta.detach().T)
         bias = 0.0 if comp.bias is None else comp.bias
-        return ((leaf + a - a.detach()) @ comp.U.detach().T + delta + bias).to(out.dtype)
+        return (leaf @ comp.U.detach().T + delta + bias).to(out.dtype)
 
     def embed_leaf(e, hook):
         leaf = e.detach().requires_grad_(True)

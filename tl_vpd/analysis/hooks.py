@@ -106,8 +106,9 @@ class VPDHookedModel(HookedRootModule):
             m = hp[f"{site.name}.hook_mask"](torch.ones_like(g) if self.mask == "ones" else g)
             md = hp[f"{site.name}.hook_delta_mask"](torch.ones(m.shape[:-1], dtype=m.dtype, device=m.device))
             if m.shape != g.shape or md.shape != g.shape[:-1]:
-                raise ValueError(f"{site.name}: a hook returned a mask of shape {tuple(m.shape)} / "
-                                 f"Δ mask {tuple(md.shape)}, expected {tuple(g.shape)} / {tuple(g.shape[:-1])}")
+                raise ValueError(f"{site.name}: hooks returned a mask of shape {tuple(m.shape)} and "
+                                 f"a Δ mask of shape {tuple(md.shape)}; expected {tuple(g.shape)} "
+                                 f"and {tuple(g.shape[:-1])}")
             return comps[site.name].masked_output(x, out, m, md)
 
         sites = [dec.site(s) for s in dec.sites]

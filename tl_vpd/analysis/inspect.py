@@ -522,14 +522,16 @@ def _weight_info(dec, site: str, c: int, sign: float, n_tokens: int,
         return info
     to_str = token_decoder(model, decode)
     normed = getattr(model.cfg, "normalization_type", None) is not None
+
+    def top(scores):
+        return [(to_str(i), float(scores[i])) for i in scores.topk(min(n_tokens, scores.numel())).indices]
+
     if s.kind in _RESIDUAL_READERS and not s.per_head_input:
-        scores = sign * (model.W_E.detach().float() @ v)
+        info.reads = top(sign * (model.W_E.detach().float() @ v))
         exact = s.layer == 0 and not normed
-        info.reads = [(to_str(i), float(scores[i])) for i in scores.topk(min(n_tokens, scores.numel())).indices]
         info.reads_note = "(W_E·v)" if exact else "(W_E·v, direct path: approximate)"
     elif s.kind in _RESIDUAL_WRITERS:
-        scores = sign * (u @ model.W_U.detach().float())
+        info.predicts = top(sign * (u @ model.W_U.detach().float()))
         exact = s.layer == model.cfg.n_layers - 1 and not normed
-        info.predicts = [(to_str(i), float(scores[i])) for i in scores.topk(min(n_tokens, scores.numel())).indices]
         info.reads_note = "(u·W_U)" if exact else "(u·W_U, direct path: approximate)"
     return info
