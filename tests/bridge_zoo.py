@@ -48,9 +48,11 @@ def _hf(family: str) -> transformers.PreTrainedModel:
 
 
 NATIVE = {
-    "native_gpt2": dict(act_fn="gelu", normalization_type="LN", positional_embedding_type="standard"),
-    "native_llama": dict(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-                         gated_mlp=True, n_key_value_heads=2, final_rms=True),
+    "native_gpt2": dict(act_fn="gelu", normalization_type="LN",
+                        positional_embedding_type="standard"),
+    "native_llama": dict(act_fn="silu", normalization_type="RMS",
+                         positional_embedding_type="rotary", gated_mlp=True, n_key_value_heads=2,
+                         final_rms=True),
 }
 HF = ("gpt2", "llama", "qwen2", "neox")
 FAMILIES = (*NATIVE, *HF)

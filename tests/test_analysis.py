@@ -343,7 +343,8 @@ def test_attribution_graph_direct_paths(planted, toks):
     assert pos == 15 and y == int(model(prompt[None])[0, -1].argmax())
     out = len(g.nodes) - 1
     comps = dec.components
-    O0, O1, V1 = comps["blocks.0.attn.W_O"], comps["blocks.1.attn.W_O"], comps["blocks.1.attn.W_V"]
+    U_O0, U_O1 = comps["blocks.0.attn.W_O"].U.detach(), comps["blocks.1.attn.W_O"].U.detach()
+    V_V1 = comps["blocks.1.attn.W_V"].V.detach()
     W_U = model.W_U
     checked = 0
     for i, nd in enumerate(g.nodes):
@@ -351,15 +352,15 @@ def test_attribution_graph_direct_paths(planted, toks):
             continue
         a_g = nd.act * nd.ci
         if nd.site == "blocks.1.attn.W_O" and nd.pos == pos:  # straight to the logit
-            assert g.edge(i, out) == pytest.approx(float(O1.U[:, nd.c] @ W_U[:, y]) * a_g, rel=1e-4, abs=1e-6)
+            assert g.edge(i, out) == pytest.approx(float(U_O1[:, nd.c] @ W_U[:, y]) * a_g, rel=1e-4, abs=1e-6)
             checked += 1
         if nd.site == "blocks.0.attn.W_O":
             # Only the residual path counts: layer-1 subcomponents are stop-gradient.
-            want = float(O0.U[:, nd.c] @ W_U[:, y]) * a_g if nd.pos == pos else 0.0
+            want = float(U_O0[:, nd.c] @ W_U[:, y]) * a_g if nd.pos == pos else 0.0
             assert g.edge(i, out) == pytest.approx(want, rel=1e-4, abs=1e-6)
             for c2 in range(4):
                 if (dst := _maybe(g, "blocks.1.attn.W_V", nd.pos, c2)) is not None:
-                    want = float(V1.V[c2] @ O0.U[:, nd.c]) * a_g
+                    want = float(V_V1[c2] @ U_O0[:, nd.c]) * a_g
                     assert g.edge(i, dst) == pytest.approx(want, rel=1e-4, abs=1e-6)
                     checked += 1
         if nd.site == "blocks.0.attn.W_Q":  # linear in the embedding: the edge is a itself
@@ -381,3 +382,24 @@ def _maybe(g, site, pos, c):
         return g.node_index(site, pos, c)
     except KeyError:
         return None
+
+
+def test_pipeline_on_a_gpt2_style_model():
+    """LayerNorm, MLP sites and learned positional embeddings go through every entry point."""
+    model = make_model("gpt2")
+    toks = zoo_tokens(batch=4, seq=10)
+    dec = tl_vpd.Decomposition.from_model(model, C=5, seed=2)
+    info = A.subcomponent(dec, "blocks.0.mlp.W_out", 3, toks, progress=False)
+    assert info.predicts and "approximate" in info.reads_note and info.head_fractions is None
+    assert A.subcomponent(dec, "blocks.1.mlp.W_in", 0).reads
+    assert isinstance(A.find_prev_token_subcomponents(dec, toks, min_heads=1, min_base=0.0), list)
+    hm = A.hooked(dec)
+    logits, cache = hm.run_with_cache(toks)
+    assert torch.equal(logits, model(toks)) and "blocks.1.mlp.W_gate.hook_ci" not in cache.keys()
+    assert cache["blocks.1.mlp.W_out.hook_ci"].shape == (4, 10, 5)
+    g = A.attribution_graph(dec, toks[0], progress=False, min_abs=1e-4)
+    kinds = {g.nodes[s].site for s, _, _ in g.edges}
+    assert None in kinds and "blocks.0.mlp.W_in" in kinds  # embeddings and MLP subcomponents
+    w_in = [e for e in g.edges if g.nodes[e[0]].site == "blocks.0.mlp.W_in"
+            and g.nodes[e[1]].site == "blocks.0.mlp.W_out"]
+    assert w_in and all(g.nodes[s].pos == g.nodes[d].pos for s, d, _ in w_in)  # through the GELU

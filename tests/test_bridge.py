@@ -63,7 +63,8 @@ def test_gpt2_weights_are_the_split_and_transposed_conv1d():
     h0 = model.original_model.transformer.h[0]
     c_attn = h0.attn.c_attn.weight  # [d_model, 3 d_model]
     for i, kind in enumerate(("W_Q", "W_K", "W_V")):
-        assert torch.equal(dec.target_weight(f"blocks.0.attn.{kind}"), c_attn[:, 32 * i:32 * (i + 1)].T)
+        block = c_attn[:, 32 * i:32 * (i + 1)]
+        assert torch.equal(dec.target_weight(f"blocks.0.attn.{kind}"), block.T)
     assert torch.equal(dec.target_weight("blocks.0.attn.W_O"), h0.attn.c_proj.weight.T)
     assert torch.equal(dec.target_weight("blocks.0.mlp.W_in"), h0.mlp.c_fc.weight.T)
     assert torch.equal(dec.target_weight("blocks.0.mlp.W_out"), h0.mlp.c_proj.weight.T)
@@ -128,7 +129,8 @@ def test_gradients_and_model_untouched(family, compat):
     for t in (*masks.values(), *dmasks.values()):
         t.requires_grad_(True)
     logits = dec.run_masked(toks, masks, dmasks)
-    torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), toks[:, 1:].flatten()).backward()
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), toks[:, 1:].flatten())
+    loss.backward()
     for n, c in dec.components.items():
         assert c.U.grad is not None and c.U.grad.abs().sum() > 0, n
         assert c.V.grad is not None and c.V.grad.abs().sum() > 0, n
@@ -155,6 +157,15 @@ def test_refuses_attn_result_and_split_qkv():
             dec.run_masked(toks, ones)
         setter(False)
     assert (dec.run_masked(toks, ones) - model(toks)).abs().max() <= 1e-4
+
+
+def test_unverified_component_class_refused():
+    """An MLP or attention bridge of another class may run its projections differently."""
+    model = make_bridge("native_llama")
+    mlp = model.blocks[1].mlp
+    mlp.__class__ = type("CustomMLPBridge", (type(mlp),), {})
+    with pytest.raises(ValueError, match="blocks.1.mlp is a CustomMLPBridge"):
+        Decomposition.from_model(model, C=4)
 
 
 def test_skipped_hook_detected():
@@ -200,7 +211,8 @@ def test_decompose_and_save_load_round_trip(tmp_path):
     steps = [m for m in dec.history if "adversarial" in m]
     assert len(steps) == 3 and all(math.isfinite(v) for m in steps for v in m.values())
     untrained = Decomposition.from_model(model, C=8, seed=cfg.seed)
-    assert not torch.equal(dec.components["blocks.0.attn.W_K"].U, untrained.components["blocks.0.attn.W_K"].U)
+    site = "blocks.0.attn.W_K"
+    assert not torch.equal(dec.components[site].U, untrained.components[site].U)  # it trained
     toks = tokens()
     dec.save(tmp_path / "d")
     dec2 = tl_vpd.load(tmp_path / "d", model)

@@ -37,7 +37,7 @@ def test_defaults_valid():
     cfg = VPDConfig()
     assert cfg.C == 64 and cfg.sites is None
     assert (cfg.steps, cfg.batch_size, cfg.seq_len) == (2000, 16, 128)
-    assert cfg.coeff_delta == 1e7 and cfg.coeff_importance == 2e-4 and cfg.freq_beta == 0.5
+    assert cfg.coeff_delta == 1e4 and cfg.coeff_importance == 2e-4 and cfg.freq_beta == 0.5
     assert (cfg.p_start, cfg.p_end) == (2.0, 0.4)
     assert cfg.adversary == "persistent" and cfg.routing == "uniform_k_subset"
     assert cfg.freq_ref_tokens == 64 * 512

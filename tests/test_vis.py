@@ -49,6 +49,9 @@ def test_script_closing_tag_in_a_token_is_escaped():
     frag = v.fragment()
     body = frag.split("CircuitsVis.render(", 1)[1]
     assert "<\\/script><b>x" in body and body.count("</script>") == 1
+    # A widget whose local_src does not hold the packaged bundle keeps its own source whole.
+    other = type("Rendered", (), {"local_src": "<div id='w'></div><script>render()</script>"})()
+    assert vis.View([("t", other)]).fragment().count("<script>render()</script>") == 1
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

@@ -232,6 +232,43 @@ class Decomposition(nn.Module):
 
         return evaluate(self, data, **kwargs)
 
+    # ------------------------------------------------------------- analysis (tl_vpd.analysis)
+    def subcomponent(self, site: str, c: int, data=None, **kwargs):
+        """Inspect one subcomponent: :func:`tl_vpd.analysis.subcomponent`."""
+        from tl_vpd.analysis import subcomponent
+
+        return subcomponent(self, site, c, data, **kwargs)
+
+    def harvest(self, data, **kwargs):
+        """Every subcomponent's density and top contexts: :func:`tl_vpd.analysis.harvest`."""
+        from tl_vpd.analysis import harvest
+
+        return harvest(self, data, **kwargs)
+
+    def edit(self, edits):
+        """A new HookedTransformer with ``W − (1−α) u_c v_cᵀ``: :func:`tl_vpd.analysis.edit`."""
+        from tl_vpd.analysis import edit
+
+        return edit(self, edits)
+
+    def hooked(self, mask: str = "ones"):
+        """The target with ``{site}.hook_ci`` / ``hook_mask`` hook points: :func:`tl_vpd.analysis.hooked`."""
+        from tl_vpd.analysis import hooked
+
+        return hooked(self, mask)
+
+    def ablation_effect(self, tokens, ablate, **kwargs):
+        """Each head's attention by offset with ``ablate`` removed: :func:`tl_vpd.analysis.ablation_effect`."""
+        from tl_vpd.analysis import ablation_effect
+
+        return ablation_effect(self, tokens, ablate, **kwargs)
+
+    def attribution_graph(self, tokens, target=None, **kwargs):
+        """One prompt's subcomponent attribution graph: :func:`tl_vpd.analysis.attribution_graph`."""
+        from tl_vpd.analysis import attribution_graph
+
+        return attribution_graph(self, tokens, target, **kwargs)
+
     # ------------------------------------------------------------- persistence / display
     def save(self, path) -> None:
         """Save to a directory (safetensors + JSON); see :func:`tl_vpd.load`."""

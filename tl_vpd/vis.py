@@ -62,17 +62,17 @@ class View:
     def fragment(self) -> str:
         """HTML for embedding (what ``_repr_html_`` returns): bundle once, then the widgets."""
         bundle = _bundle()
-        shared, parts = True, []
+        # If circuitsvis changed its local_src format, each widget keeps its own inline bundle.
+        shared = all(bundle in r.local_src for _, r in self.widgets)
+        parts = []
         for _, r in self.widgets:
-            pre, sep, post = r.local_src.partition(bundle)
-            shared &= bool(sep)
-            parts.append(pre + _safe_render_call(post) if sep else r.local_src)
+            pre, _, post = r.local_src.partition(bundle)
+            parts.append(pre + _safe_render_call(post) if shared else r.local_src)
         flex = "display:flex; flex-wrap:wrap; gap:24px;" if self.row else ""
         cells = "".join(f'<div style="min-width:320px"><div style="font:bold 13px sans-serif">'
                         f"{html.escape(t)}</div>{p}</div>"
                         for (t, _), p in zip(self.widgets, parts))
         head = f'<div style="font:bold 15px sans-serif">{html.escape(self.title)}</div>' if self.title else ""
-        # If circuitsvis changed its local_src format, each widget keeps its own inline bundle.
         lib = f"<script>{bundle}</script>" if shared else ""
         return f'<div class="tl-vpd-view">{lib}{head}<div style="{flex}">{cells}</div></div>'
 

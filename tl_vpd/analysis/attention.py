@@ -93,6 +93,14 @@ def offset_profile(pattern: Float[torch.Tensor, "batch head q k"],
     return torch.stack(cols, -1)
 
 
+def _match_sites(dec, sites: str | Sequence[str]) -> list[str]:
+    pats = [sites] if isinstance(sites, str) else list(sites)
+    names = [s for s in dec.sites if any(fnmatch.fnmatchcase(s, p) for p in pats)]
+    if not names:
+        raise ValueError(f"no decomposed site matches {pats}; sites: {dec.sites}")
+    return names
+
+
 def _profiles(patterns: Mapping[int, torch.Tensor], max_offset: int) -> torch.Tensor:
     return torch.stack([offset_profile(patterns[L], max_offset) for L in sorted(patterns)])
 
@@ -258,10 +266,7 @@ def find_prev_token_subcomponents(
     Returns:
         Hits sorted by :attr:`PrevTokenHit.score` (total drop over heads), best first.
     """
-    pats = sites if not isinstance(sites, str) else [sites]
-    names = [s for s in dec.sites if any(fnmatch.fnmatchcase(s, p) for p in pats)]
-    if not names:
-        raise ValueError(f"no decomposed site matches {list(pats)}; sites: {dec.sites}")
+    names = _match_sites(dec, sites)
     offs = list(offsets)
 
     def recent(patterns):
@@ -476,10 +481,7 @@ def find_syntax_boundary(
         k = classify_token(to_str(i))
         if k is not None:
             cls_of[i] = BOUNDARY_CLASSES.index(k)
-    pats = sites if not isinstance(sites, str) else [sites]
-    names = [s for s in dec.sites if any(fnmatch.fnmatchcase(s, p) for p in pats)]
-    if not names:
-        raise ValueError(f"no decomposed site matches {list(pats)}; sites: {dec.sites}")
+    names = _match_sites(dec, sites)
     K = len(BOUNDARY_CLASSES)
     fired = {s: torch.zeros(dec.components[s].C) for s in names}
     per_cls = {s: torch.zeros(K, dec.components[s].C) for s in names}

@@ -186,7 +186,7 @@ def attribution_graph(
                               tok_strs[t]))
     out_node = len(nodes)
     y_out = out[0, position, target]
-    nodes.append(Node("output", position, act=float(y_out), token=to_str(target)))
+    nodes.append(Node("output", position, act=float(y_out.detach()), token=to_str(target)))
 
     order = list(leaves)
     edges: list[tuple[int, int, float]] = []

@@ -111,7 +111,7 @@ class BridgeBackend(Backend):
             else:
                 parent, sub = block.mlp, _MLP_KINDS[site.kind]
             proj = _projection(parent, sub, site.layer)
-            # A gated MLP's compatibility path skips gate/in.hook_in: read their input at mlp.hook_in.
+            # A gated MLP's compatibility path skips gate/in.hook_in: read at mlp.hook_in.
             capture_at = parent.hook_in if site.kind in ("W_gate", "W_in") and _is_gated(parent) \
                 else proj.hook_in
             handles.append(capture_at.register_forward_hook(_capture(session, site)))
@@ -199,7 +199,7 @@ def _site(L: int, part: str, kind: str, proj: nn.Module, gated_mlp: nn.Module | 
 
 
 def _capture(session: HookSession, site: Site):
-    """Capture a ``hook_in``; a per-head ``[..., h, d_head]`` input is flattened to ``[..., d_in]``."""
+    """Capture a ``hook_in``; a per-head ``[..., h, d_head]`` input becomes ``[..., d_in]``."""
     def hook(module, args, x):
         if x.shape[-1] != site.d_in and x.ndim >= 2 and x.shape[-2] * x.shape[-1] == site.d_in:
             x = x.flatten(-2)
