@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI stage 2: the TransformerBridge backend on TransformerLens 4.x (which has no HookedTransformer),
 # in its own venv (TL4_VENV, default .venv-tl4) so the main stage keeps TL 3.9. Runs
-# tests/test_bridge.py only; about 3.5 min on the shared 2-core machine, most of it pip.
+# tests/test_bridge.py only; about 2-3.5 min on the shared 2-core machine, nearly all of it pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TL4_VENV:-.venv-tl4}"

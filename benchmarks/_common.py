@@ -9,11 +9,12 @@ import statistics
 import time
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
 def bench_model(d_model=128, n_layers=4, n_heads=4, d_mlp=512, n_ctx=128, d_vocab=4096, seed=0):
     """The benchmark target: a LLaMA-style 4-layer model like the VPD paper's, scaled down."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # TL 3.x only
+
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
         d_mlp=d_mlp, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu", normalization_type="RMS",

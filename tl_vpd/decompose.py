@@ -108,7 +108,7 @@ class Trainer:
             dtype=cfg.dtype)
         self.dec.config = cfg
         mcfg = getattr(model, "cfg", None)
-        is_lm = self.dec.backend.name == "hooked_transformer"
+        is_lm = self.dec.backend.language_model
         self.stream = DataStream(data, cfg.batch_size, cfg.seq_len if is_lm else None, cfg.seed,
                                  n_ctx=getattr(mcfg, "n_ctx", None) if is_lm else None,
                                  d_vocab=getattr(mcfg, "d_vocab", None) if is_lm else None)

@@ -327,7 +327,7 @@ def _batches(dec, data, n_batches: int, batch_size: int, seed: int) -> list:
 
 
 def _is_lm(dec) -> bool:
-    return dec.backend.name == "hooked_transformer"
+    return dec.backend.language_model
 
 
 def evaluate(

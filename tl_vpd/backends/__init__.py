@@ -29,6 +29,6 @@ def get_backend(model: nn.Module) -> Backend:
             return cls()
     raise TypeError(
         f"tl_vpd has no backend for a {type(model).__module__}.{type(model).__name__}. "
-        "Supported: transformer_lens.HookedTransformer, and HookedRootModules that define "
-        "`vpd_sites()` (see tl_vpd.toy_models)."
+        "Supported: transformer_lens.HookedTransformer (TL 3.x), TransformerBridge (TL >= 3.9), "
+        "and HookedRootModules that define `vpd_sites()` (see tl_vpd.toy_models)."
     )

@@ -32,6 +32,8 @@ class Backend(ABC):
     """One family of models (HookedTransformer, toy models, TransformerBridge)."""
 
     name: str = "abstract"
+    #: whether the model maps token ids to next-token logits (KL reconstruction, CE tables)
+    language_model: bool = False
 
     @classmethod
     @abstractmethod

@@ -73,6 +73,7 @@ def _is_bridge(model: nn.Module) -> bool:
 
 class BridgeBackend(Backend):
     name = "transformer_bridge"
+    language_model = True
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

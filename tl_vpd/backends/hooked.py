@@ -46,6 +46,7 @@ def _hooked_transformer_class():
 
 class HookedTransformerBackend(Backend):
     name = "hooked_transformer"
+    language_model = True
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
