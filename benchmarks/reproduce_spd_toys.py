@@ -255,7 +255,7 @@ def main(argv=None):
     parser.add_argument("--method", choices=["spd", "vpd", "both"], default="spd")
     parser.add_argument("--experiments", nargs="+", default=TMS_NAMES + ["resid_mlp1", "cancellation"],
                         help=f"any of {TMS_NAMES + RESID_NAMES + ['cancellation']}")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/spd_toys"))
+    parser.add_argument("--out", type=Path, default=Path("runs/spd_toys"))  # runs/ is git-ignored
     args = parser.parse_args(argv)
     scale = "quick" if args.quick else args.scale
     methods = ["spd", "vpd"] if args.method == "both" else [args.method]

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-import tl_vpd
 from tl_vpd import Decomposition
 from tl_vpd import metrics as M
 from tl_vpd.toy_models import (
@@ -124,10 +123,14 @@ def test_neuron_contributions_match_definitions():
     nc = M.neuron_contributions(W_E, W_in, W_out)
     for i in range(4):  # eq. 11 written out
         assert torch.allclose(nc[i], (W_E[i] @ W_out) * (W_in @ W_E[i]))
+    # W_out = W_inᵀ makes every contribution W_in[n, i]² ≥ 0, so feature i's best subcomponent
+    # is the one reading its embedding, c = i, and eq. 12 reproduces eq. 11 exactly.
+    W_out = W_in.T.clone()
     U_in, V_in = W_in.clone(), torch.eye(6)  # subcomponent c reads embedding direction c
     nc_sub, best = M.subcomponent_neuron_contributions(W_E, U_in, V_in, W_out)
-    assert torch.allclose(nc_sub, nc, atol=1e-6)
-    assert best.tolist() == [0, 1, 2, 3] or torch.allclose(nc_sub, nc)
+    assert best.tolist() == [0, 1, 2, 3]
+    assert torch.allclose(nc_sub, M.neuron_contributions(W_E, W_in, W_out), atol=1e-6)
+    assert (nc_sub >= 0).all()
 
 
 # --------------------------------------------------------------------------- targets
@@ -185,7 +188,6 @@ def test_all_ones_masks_reproduce_the_target_exactly(name):
     ones = {n: torch.ones(x.shape[0], 7) for n in dec.sites}
     dones = {n: torch.ones(x.shape[0]) for n in dec.sites}
     for impl in ("factorized", "materialized"):
-        assert torch.equal(dec.run_masked(x, ones, dones, impl="factorized"), ref) or impl == "materialized"
         assert (dec.run_masked(x, ones, dones, impl=impl) - ref).abs().max() <= 1e-5, impl
     assert (dec.run_masked(x, ones) - ref).abs().max() <= 1e-5  # Δ mask defaults to 1
     zeros = {n: torch.zeros_like(m) for n, m in ones.items()}

@@ -4,12 +4,14 @@ Every target is a ``transformer_lens.hook_points.HookedRootModule`` with a hook 
 side of each decomposed matrix and a ``vpd_sites()`` method, so it goes through exactly the
 engine a language model does (:func:`tl_vpd.decompose`, :class:`tl_vpd.Decomposition`).
 
-| name | target | sites |
-|---|---|---|
-| ``tms_5-2``, ``tms_40-10`` | :class:`TMS` | ``linear1``, ``linear2`` |
-| ``tms_5-2-id``, ``tms_40-10-id`` | :class:`TMS` with ``identity=True`` | ``linear1``, ``hidden_layers.0``, ``linear2`` |
-| ``resid_mlp1/2/3`` | :class:`ResidualMLP` | ``blocks.{l}.mlp.W_in``, ``blocks.{l}.mlp.W_out`` |
-| ``cancellation`` | :class:`CancellationToy` | ``linear`` |
+============================  ==========================  =============================================
+experiment                    target                      sites
+============================  ==========================  =============================================
+``tms_5-2``, ``tms_40-10``    :class:`TMS`                ``linear1``, ``linear2``
+``tms_5-2-id``, ``…-id``      ``TMS(identity=True)``      ``linear1``, ``hidden_layers.0``, ``linear2``
+``resid_mlp1/2/3``            :class:`ResidualMLP`        ``blocks.{l}.mlp.W_in``, ``blocks.{l}.mlp.W_out``
+``cancellation``              :class:`CancellationToy`    ``linear``
+============================  ==========================  =============================================
 
 >>> target, dec = reproduce("tms_5-2", method="spd")          # train the target, decompose it
 >>> target = train_tms(5, 2, seed=1)                            # or build the pieces yourself

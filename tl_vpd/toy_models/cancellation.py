@@ -39,6 +39,9 @@ from transformer_lens.hook_points import HookPoint
 
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec
+from tl_vpd.config import VPDConfig
+from tl_vpd.decompose import Trainer
+from tl_vpd.decomposition import Decomposition
 
 __all__ = ["CancellationData", "CancellationToy", "decompose_cancellation", "ground_truth_components",
            "pair_indices"]
@@ -130,7 +133,7 @@ class CancellationData:
         return torch.cat([on, feats], dim=-1)
 
 
-def decompose_cancellation(model: CancellationToy, cfg, data=None):
+def decompose_cancellation(model: CancellationToy, cfg: VPDConfig, data=None) -> Decomposition:
     """Train only the causal-importance function of the ground-truth decomposition.
 
     Arguments:
@@ -142,8 +145,6 @@ def decompose_cancellation(model: CancellationToy, cfg, data=None):
     Returns:
         The trained :class:`~tl_vpd.Decomposition`, via the engine's own training loop.
     """
-    from tl_vpd.decompose import Trainer
-
     U, V = ground_truth_components(model)
     if cfg.C != U.shape[1]:
         raise ValueError(f"cfg.C must equal the number of mechanisms, {U.shape[1]} (got {cfg.C})")

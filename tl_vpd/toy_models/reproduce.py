@@ -16,6 +16,8 @@ from typing import Any
 from torch import nn
 
 from tl_vpd.config import VPDConfig
+from tl_vpd.decompose import decompose
+from tl_vpd.decomposition import Decomposition
 from tl_vpd.toy_models._runtime import single_threaded
 from tl_vpd.toy_models.cancellation import CancellationData, CancellationToy, decompose_cancellation
 from tl_vpd.toy_models.resid_mlp import resid_mlp_data, train_resid_mlp
@@ -170,7 +172,7 @@ def toy_config(name: str, method: str = "vpd", quick: bool = False, seed: int = 
 
 
 def reproduce(name: str, seed: int = 0, quick: bool = False, method: str = "vpd",
-              **overrides: Any) -> tuple[nn.Module, Any]:
+              **overrides: Any) -> tuple[nn.Module, Decomposition]:
     """Train the target ``name`` and decompose it.
 
     Arguments:
@@ -190,8 +192,6 @@ def reproduce(name: str, seed: int = 0, quick: bool = False, method: str = "vpd"
         target = exp.train(seed, quick)
         if name == "cancellation":
             return target, decompose_cancellation(target, cfg, exp.data(target))
-        from tl_vpd.decompose import decompose
-
         return target, decompose(target, cfg, exp.data(target))
 
 
