@@ -48,7 +48,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small batch, few repeats (CI)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    B, T, reps = (2, 32, 2) if args.quick else (8, 128, 5)
+    B, T, reps = (2, 32, 2) if args.quick else (8, 128, 2)
     if args.mode:
         print(json.dumps(run_mode(args.mode, B, T, reps)))
         return
