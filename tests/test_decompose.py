@@ -66,9 +66,6 @@ def test_resume_equals_uninterrupted(tmp_path):
     cfg = small_cfg(steps=8, log_every=1, checkpoint_every=4, faithfulness_warmup_steps=3)
     full = tl_vpd.decompose(model, cfg, corpus())
 
-    class Stop(Exception):
-        pass
-
     def interrupt(step, metrics, dec):
         if step == 5:
             raise KeyboardInterrupt

@@ -1,6 +1,5 @@
 """Every tutorial notebook executes top to bottom in its quick setting (TL_VPD_QUICK=1)."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -16,8 +16,6 @@ This module is the only place with I/O: progress bar, wandb, checkpoints.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 

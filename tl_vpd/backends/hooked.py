@@ -22,7 +22,6 @@ sandwich/post-norm models, which normalise before those hooks.
 from __future__ import annotations
 
 import einops
-import torch
 from torch import nn
 
 from tl_vpd.backends.base import Backend, HookSession
