@@ -232,3 +232,19 @@ def test_shape_contracts_enforced():
         comp.inner_acts(torch.zeros(2, 3, 31))
     with pytest.raises(Exception, match="(?i)type-check|shape|dimension|violates"):
         comp.masked_output(torch.zeros(2, 32), torch.zeros(2, 32), torch.zeros(2, 5), None)
+
+
+def test_run_with_hooks_is_checked_too():
+    """TL's run_with_hooks bypasses the root module's hooks; the swap is still applied and checked."""
+    model = make_model("gpt2")
+    dec = Decomposition.from_model(model, C=8)
+    toks = tokens()
+    masks, dmasks = random_masks(dec, toks)
+    with dec.masked(masks, dmasks):
+        via_hooks = model.run_with_hooks(toks, fwd_hooks=[])
+    assert torch.allclose(via_hooks, dec.run_masked(toks, masks, dmasks), atol=1e-6)
+    with pytest.raises(RuntimeError, match="exactly once"):
+        with dec.masked({"blocks.1.mlp.W_in": masks["blocks.1.mlp.W_in"]}):
+            # a hook that runs the MLP a second time makes the site fire twice in one pass
+            mlp = model.blocks[1].mlp
+            model.run_with_hooks(toks, fwd_hooks=[("blocks.1.hook_resid_mid", lambda x, hook: (mlp(x), x)[1])])

@@ -73,7 +73,6 @@ class HookSession:
         self._inputs: dict[str, torch.Tensor] = {}
         self._captured: Counter[str] = Counter()
         self._replaced: Counter[str] = Counter()
-        self.forwards = 0
 
     def begin(self) -> None:
         self._inputs.clear()
@@ -104,7 +103,6 @@ class HookSession:
         return new
 
     def end(self) -> None:
-        self.forwards += 1
         bad = {
             n: (self._captured[n], self._replaced[n])
             for n in self.sites

@@ -137,7 +137,10 @@ class HookedTransformerBackend(Backend):
 
     # ------------------------------------------------------------------ hooks
     def _install(self, model: nn.Module, session: HookSession) -> list:
-        handles = []
+        # TL's run_with_hooks calls model.forward() directly, bypassing the root module's hooks:
+        # bracket the pass at the embedding and the unembedding too, so it is checked as well.
+        handles = [model.embed.register_forward_pre_hook(lambda *_: session.begin()),
+                   model.unembed.register_forward_hook(lambda *_: session.end())]
         by_layer: dict[int, dict[str, Site]] = {}
         for s in session.sites.values():
             by_layer.setdefault(s.layer, {})[s.kind] = s
