@@ -8,6 +8,6 @@ VENV="${TL4_VENV:-.venv-tl4}"
 python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 pip install -q --upgrade pip
-pip install -q -c constraints.txt -e ".[dev]" "transformer-lens>=4,<5"
+pip install -q -c <(grep "^torch==" constraints.txt) -e ".[dev]" "transformer-lens>=4,<5"
 python -c "import importlib.metadata as m; print('transformer-lens', m.version('transformer-lens'))"
 python -m pytest -q tests/test_bridge.py
