@@ -52,6 +52,34 @@ def timeit_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def no_grad(fn):
+    """``fn`` wrapped to run under ``torch.no_grad()``."""
+    def run():
+        with torch.no_grad():
+            fn()
+    return run
+
+
+def random_masks(dec, B: int, T: int, seed: int = 0):
+    """Uniform per-token masks ``{site: [B, T, C]}`` and Δ masks ``{site: [B, T]}``."""
+    g = torch.Generator().manual_seed(seed)
+    masks = {n: torch.rand(B, T, c.C, generator=g) for n, c in dec.components.items()}
+    dmasks = {n: torch.rand(B, T, generator=g) for n in dec.sites}
+    return masks, dmasks
+
+
+def time_masked_forward(model, dec, toks, masks, dmasks, reps: int) -> dict:
+    """Median seconds of the plain forward, the hooked masked forward and the masked
+    forward + backward, timed in interleaved rounds."""
+    def fwd_bwd():
+        ms = {k: v.clone().requires_grad_(True) for k, v in masks.items()}
+        dec.run_masked(toks, ms, dmasks).float().logsumexp(-1).mean().backward()
+
+    return timeit_interleaved({"plain": no_grad(lambda: model(toks)),
+                               "masked": no_grad(lambda: dec.run_masked(toks, masks, dmasks)),
+                               "masked_bwd": fwd_bwd}, reps)
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from _common import bench_model, machine, timeit, timeit_interleaved
+from _common import bench_model, machine, no_grad, random_masks, time_masked_forward, timeit
 from tl_vpd import Decomposition
 
 
@@ -39,23 +39,8 @@ def main():
     d = model.cfg.d_model
     dec = Decomposition.from_model(model, C=4 * d)
     toks = torch.randint(0, model.cfg.d_vocab, (B, T))
-    g = torch.Generator().manual_seed(0)
-    masks = {n: torch.rand(B, T, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(B, T, generator=g) for n in dec.sites}
-
-    def fwd_bwd():
-        ms = {k: v.clone().requires_grad_(True) for k, v in masks.items()}
-        dec.run_masked(toks, ms, dmasks).float().logsumexp(-1).mean().backward()
-
-    def no_grad(fn):
-        def run():
-            with torch.no_grad():
-                fn()
-        return run
-
-    t = timeit_interleaved({"plain": no_grad(lambda: model(toks)),
-                            "masked": no_grad(lambda: dec.run_masked(toks, masks, dmasks)),
-                            "masked_bwd": fwd_bwd}, reps)
+    masks, dmasks = random_masks(dec, B, T)
+    t = time_masked_forward(model, dec, toks, masks, dmasks, reps)
     t_plain, t_masked, t_masked_bwd = t["plain"], t["masked"], t["masked_bwd"]
     # The materialized reference holds tokens·d_out·d_in floats per site: compare it with the
     # factorized form on one sequence (timed apart: the reference's GiB-sized temporaries slow

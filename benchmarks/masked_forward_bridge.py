@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 
-from _common import machine, timeit_interleaved  # noqa: E402
+from _common import machine, random_masks, time_masked_forward  # noqa: E402
 from tl_vpd import Decomposition  # noqa: E402
 
 try:  # TL 4 exports it at top level; TL 3.9 only from transformer_lens.config
@@ -67,23 +67,8 @@ def bench(name: str, model: TransformerBridge, B: int, T: int, reps: int) -> flo
         p.requires_grad_(False)
     dec = Decomposition.from_model(model, C=4 * D_MODEL)
     toks = torch.randint(0, D_VOCAB, (B, T), generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(0)
-    masks = {n: torch.rand(B, T, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(B, T, generator=g) for n in dec.sites}
-
-    def fwd_bwd():
-        ms = {k: v.clone().requires_grad_(True) for k, v in masks.items()}
-        dec.run_masked(toks, ms, dmasks).float().logsumexp(-1).mean().backward()
-
-    def no_grad(fn):
-        def run():
-            with torch.no_grad():
-                fn()
-        return run
-
-    t = timeit_interleaved({"plain": no_grad(lambda: model(toks)),
-                            "masked": no_grad(lambda: dec.run_masked(toks, masks, dmasks)),
-                            "masked_bwd": fwd_bwd}, reps)
+    masks, dmasks = random_masks(dec, B, T)
+    t = time_masked_forward(model, dec, toks, masks, dmasks, reps)
     ratio = t["masked"] / t["plain"]
     print(f"{name:<10}{len(dec.sites):>6}{t['plain'] * 1e3:>11.1f}{t['masked'] * 1e3:>11.1f}"
           f"{t['masked_bwd'] * 1e3:>15.1f}{flop_ratio(dec, T):>8.2f}{ratio:>10.2f}  "

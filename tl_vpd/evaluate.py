@@ -31,7 +31,7 @@ from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import masks_from_sources, sample_sources
 
-__all__ = ["EvalReport", "compute_recovered", "eval_batches", "evaluate", "l0_per_site",
+__all__ = ["EvalReport", "compute_recovered", "evaluate", "l0_per_site",
            "pgd_recon", "quick_eval"]
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)  # VPD paper: rounded-CI masks
@@ -63,21 +63,12 @@ def pgd_recon(dec, batch, target, ci, n_steps: int, step_size: float | None = No
         return loss_fn(sources).item()
 
 
-def eval_batches(data, cfg, n: int):
-    """Up to ``n`` evaluation batches from ``data`` (tensor, iterable or toy callable)."""
-    from tl_vpd.data_stream import DataStream
-
-    stream = DataStream(data, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 12345)
-    if stream.tokens is not None:
-        n = min(n, max(1, stream.tokens.shape[0] // cfg.batch_size))
-    return [stream.next() for _ in range(n)]
-
-
 def quick_eval(dec, data, cfg, kind: str) -> dict[str, float]:
     """L0 (total), stochastic and adversarial reconstruction on a few batches of ``data``."""
     gen = torch.Generator().manual_seed(cfg.seed + 999)
     totals = {"l0": 0.0, "stochastic": 0.0, "adversarial": 0.0}
-    batches = eval_batches(data, cfg, cfg.eval_batches)
+    batches = _batches(dec, data, cfg.eval_batches, cfg.batch_size, cfg.seed + 12345,
+                       seq_len=cfg.seq_len)
     for batch in batches:
         with torch.no_grad():
             target, inputs = dec.run_target(batch)
@@ -313,13 +304,16 @@ def _measure(metric: str, batch, target: torch.Tensor, out: torch.Tensor, sums: 
     sums.add("kl", kl.sum().item(), kl.numel())
 
 
-def _batches(dec, data, n_batches: int, batch_size: int, seed: int) -> list:
+def _batches(dec, data, n_batches: int, batch_size: int, seed: int,
+             seq_len: int | None = None) -> list:
+    """Up to ``n_batches`` evaluation batches from ``data`` (tokens cropped to ``seq_len``,
+    default the model's context), validated like training data."""
     from tl_vpd.data_stream import DataStream
 
     mcfg = getattr(dec.model, "cfg", None) if _is_lm(dec) else None
     if torch.is_tensor(data):
         batch_size = min(batch_size, data.shape[0])
-    stream = DataStream(data, batch_size, getattr(mcfg, "n_ctx", None), seed=seed,
+    stream = DataStream(data, batch_size, seq_len or getattr(mcfg, "n_ctx", None), seed=seed,
                         n_ctx=getattr(mcfg, "n_ctx", None), d_vocab=getattr(mcfg, "d_vocab", None))
     if stream.tokens is not None:
         n_batches = min(n_batches, stream.tokens.shape[0] // batch_size)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 
-__all__ = ["single_threaded"]
+__all__ = ["fit_regression", "single_threaded"]
 
 
 @contextlib.contextmanager
@@ -24,3 +25,29 @@ def single_threaded() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def fit_regression(model: torch.nn.Module, data, target_fn, *, steps: int, batch_size: int,
+                   lr: float, weight_decay: float, seed: int, cosine: bool) -> torch.nn.Module:
+    """Train a toy target on ``MSE(model(x), target_fn(x))`` with AdamW, single-threaded.
+
+    Batches come from ``data(batch_size, generator)`` with a generator seeded from ``seed``;
+    ``cosine`` decays the learning rate to 0 over ``steps`` (else it is constant). Returns the
+    model in eval mode with its parameters frozen.
+    """
+    gen = torch.Generator().manual_seed(seed + 10_000)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    with single_threaded():
+        for step in range(steps):
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
+            x = data(batch_size, gen)
+            loss = (model(x) - target_fn(x)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return model.eval()

@@ -17,7 +17,6 @@ The embedding is not decomposed.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +27,7 @@ from transformer_lens.hook_points import HookPoint
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec
 from tl_vpd.toy_models._layers import linear_init
-from tl_vpd.toy_models._runtime import single_threaded
+from tl_vpd.toy_models._runtime import fit_regression
 from tl_vpd.toy_models.data import SparseFeatures
 
 __all__ = ["ResidualMLP", "RESID_MLP_FEATURE_PROBABILITY", "resid_mlp_data", "resid_mlp_labels",
@@ -152,17 +151,5 @@ def train_resid_mlp(
     steps = steps if steps is not None else (10_000 if n_layers >= 3 else 1000)
     model = ResidualMLP(n_features, d_embed, d_mlp, n_layers, seed=seed)
     data = resid_mlp_data(n_features, p)
-    gen = torch.Generator().manual_seed(seed + 10_000)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    with single_threaded():
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
-            x = data(batch_size, gen)
-            loss = (model(x) - resid_mlp_labels(x)).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    for q in model.parameters():
-        q.requires_grad_(False)
-    return model.eval()
+    return fit_regression(model, data, resid_mlp_labels, steps=steps, batch_size=batch_size, lr=lr,
+                          weight_decay=weight_decay, seed=seed, cosine=True)

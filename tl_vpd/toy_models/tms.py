@@ -21,7 +21,7 @@ from transformer_lens import HookedRootModule
 from tl_vpd._typing import Float
 from tl_vpd.backends.hookpoints import HookPointSiteSpec
 from tl_vpd.toy_models._layers import HookedLinear
-from tl_vpd.toy_models._runtime import single_threaded
+from tl_vpd.toy_models._runtime import fit_regression
 from tl_vpd.toy_models.data import SparseFeatures
 
 __all__ = ["TMS", "TMS_FEATURE_PROBABILITY", "tms_data", "train_tms"]
@@ -112,16 +112,5 @@ def train_tms(
     batch_size = batch_size or (1024 if n_features <= 5 else 8192)
     model = TMS(n_features, n_hidden, identity=identity, seed=seed)
     data = tms_data(n_features, p)
-    gen = torch.Generator().manual_seed(seed + 10_000)
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    with single_threaded():
-        for _ in range(steps):
-            x = data(batch_size, gen)
-            loss = (model(x) - x).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    for q in model.parameters():
-        q.requires_grad_(False)
-    return model.eval()
+    return fit_regression(model, data, lambda x: x, steps=steps, batch_size=batch_size, lr=lr,
+                          weight_decay=weight_decay, seed=seed, cosine=False)
