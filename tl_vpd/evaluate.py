@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import masks_from_sources, sample_sources
+from tl_vpd.tables import html_table, text_table
 
 __all__ = ["EvalReport", "compute_recovered", "evaluate", "l0_per_site",
            "pgd_recon", "quick_eval"]
@@ -181,50 +182,14 @@ class EvalReport:
     def __repr__(self) -> str:
         parts = [self._header()]
         for title, cols, rows in self._tables():
-            parts += ["", title, _text_table(cols, rows)]
+            parts += ["", title, text_table(cols, rows)]
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
         parts = [f"<b>{html.escape(self._header())}</b>"]
         for title, cols, rows in self._tables():
-            parts.append(f"<p><i>{html.escape(title)}</i></p>{_html_table(cols, rows)}")
+            parts.append(f"<p><i>{html.escape(title)}</i></p>{html_table(cols, rows)}")
         return "<div>" + "\n".join(parts) + "</div>"
-
-
-def _fmt(key: str, v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool) or isinstance(v, str):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if key.endswith("recovered"):
-        return f"{100 * v:.1f}%"
-    if key == "l0_per_alive":
-        return f"{v:.3f}"
-    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
-
-
-def _text_table(cols: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
-    cells = [[h for _, h in cols]] + [[_fmt(k, r.get(k)) for k, _ in cols] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    lines = []
-    for j, c in enumerate(cells):
-        # First column left-aligned (names), the rest right-aligned (numbers).
-        lines.append("  ".join(x.ljust(w) if i == 0 else x.rjust(w)
-                               for i, (x, w) in enumerate(zip(c, widths))).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _html_table(cols: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>"
-                         f"{html.escape(_fmt(k, r.get(k)))}</td>" for i, (k, _) in enumerate(cols))
-        + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # ---------------------------------------------------------------------------------- measuring
