@@ -1,4 +1,4 @@
-"""VPDConfig validation, persistence and presets; resolve_C."""
+"""VPDConfig validation, persistence and presets."""
 
 import dataclasses
 import json
@@ -6,16 +6,7 @@ import re
 
 import pytest
 
-from tl_vpd.config import PRESETS, VPDConfig, resolve_C
-
-SITES = [
-    "blocks.0.attn.W_Q",
-    "blocks.0.attn.W_O",
-    "blocks.0.mlp.W_in",
-    "blocks.1.attn.W_Q",
-    "blocks.1.mlp.W_in",
-]
-
+from tl_vpd.config import PRESETS, VPDConfig
 
 def _custom() -> VPDConfig:
     return VPDConfig(
@@ -37,7 +28,7 @@ def test_defaults_valid():
     cfg = VPDConfig()
     assert cfg.C == 64 and cfg.sites is None
     assert (cfg.steps, cfg.batch_size, cfg.seq_len) == (2000, 16, 128)
-    assert cfg.coeff_delta == 1e4 and cfg.coeff_importance == 2e-4 and cfg.freq_beta == 0.5
+    assert cfg.coeff_faithfulness == 1e4 and cfg.coeff_minimality == 2e-4 and cfg.freq_beta == 0.5
     assert (cfg.p_start, cfg.p_end) == (2.0, 0.4)
     assert cfg.adversary == "persistent" and cfg.routing == "uniform_k_subset"
     assert cfg.freq_ref_tokens == 64 * 512
@@ -68,7 +59,7 @@ def test_unknown_key_names_key_and_suggestion():
         ({"C": {"x": 0}}, r"VPDConfig\.C\['x'\] must be an int >= 1 \(got 0\)"),
         ({"C": {}}, r"VPDConfig\.C must be"),
         ({"lr_final_frac": 1.1}, r"lr_final_frac"),
-        ({"coeff_importance": -1e-4}, r"coeff_importance must be a finite float >= 0"),
+        ({"coeff_minimality": -1e-4}, r"coeff_minimality must be a finite float >= 0"),
         ({"lr": float("inf")}, r"VPDConfig\.lr must be a finite float"),
         ({"ppgd_betas": (0.5, 1.0)}, r"ppgd_betas must be a pair of floats in \[0, 1\)"),
         ({"grad_clip_ci": 0.0}, r"grad_clip_ci must be None or a finite float > 0"),
@@ -113,9 +104,9 @@ def test_adversary_and_its_coefficient_must_agree():
 def test_needs_a_reconstruction_or_faithfulness_loss():
     with pytest.raises(ValueError, match="at least one reconstruction or faithfulness loss"):
         VPDConfig(
-            coeff_delta=0.0, coeff_stochastic=0.0, coeff_adversarial=0.0, adversary="none"
+            coeff_faithfulness=0.0, coeff_stochastic=0.0, coeff_adversarial=0.0, adversary="none"
         )
-    assert VPDConfig(coeff_delta=0.0, coeff_stochastic=0.0).coeff_adversarial == 0.5
+    assert VPDConfig(coeff_faithfulness=0.0, coeff_stochastic=0.0).coeff_adversarial == 0.5
 
 
 def test_normalisation():
@@ -172,9 +163,9 @@ def test_file_round_trip(tmp_path, suffix):
 
 def test_hand_written_yaml_reads_scientific_notation(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("lr: 5e-5\ncoeff_delta: 1e7\nsites:\n  - blocks.0.*\nC:\n  '*': 16\n")
+    path.write_text("lr: 5e-5\ncoeff_faithfulness: 1e7\nsites:\n  - blocks.0.*\nC:\n  '*': 16\n")
     cfg = VPDConfig.from_file(path)
-    assert cfg.lr == 5e-5 and cfg.coeff_delta == 1e7
+    assert cfg.lr == 5e-5 and cfg.coeff_faithfulness == 1e7
     assert cfg.sites == ("blocks.0.*",) and cfg.C == {"*": 16}
 
 
@@ -203,8 +194,8 @@ def test_preset_vpd_paper():
     cfg = VPDConfig.preset("vpd_paper")
     assert cfg.lr == 5e-5 and cfg.lr_final_frac == 0.1 and cfg.weight_decay == 0.0
     assert cfg.grad_clip_components == 0.01
-    assert (cfg.coeff_delta, cfg.coeff_stochastic, cfg.coeff_adversarial) == (1e7, 0.5, 0.5)
-    assert (cfg.coeff_importance, cfg.freq_beta) == (2e-4, 0.5)
+    assert (cfg.coeff_faithfulness, cfg.coeff_stochastic, cfg.coeff_adversarial) == (1e7, 0.5, 0.5)
+    assert (cfg.coeff_minimality, cfg.freq_beta) == (2e-4, 0.5)
     assert (cfg.p_start, cfg.p_end, cfg.p_anneal_start_frac, cfg.p_anneal_end_frac) == (
         2.0,
         0.4,
@@ -223,11 +214,11 @@ def test_preset_vpd_paper():
 
 def test_preset_spd():
     cfg = VPDConfig.preset("spd")
-    assert cfg.coeff_delta == 1.0  # SPD's faithfulness loss
+    assert cfg.coeff_faithfulness == 1.0  # SPD's faithfulness loss
     assert (cfg.coeff_stochastic, cfg.coeff_layerwise) == (1.0, 1.0)
     assert cfg.coeff_adversarial == 0.0 and cfg.adversary == "none"
     assert cfg.routing == "all" and cfg.freq_beta == 0.0
-    assert cfg.coeff_importance == 1e-4 and cfg.p_start == cfg.p_end == 2.0
+    assert cfg.coeff_minimality == 1e-4 and cfg.p_start == cfg.p_end == 2.0
     assert cfg.ci_fn == "mlp" and cfg.ci_hidden == 16
 
 
@@ -235,40 +226,26 @@ def test_preset_errors():
     valid = "'vpd', 'vpd_paper', 'spd'"
     with pytest.raises(ValueError, match=f"unknown VPDConfig preset 'vdp'.*{valid}"):
         VPDConfig.preset("vdp")
-    with pytest.raises(ValueError, match="did you mean 'coeff_delta'"):
-        VPDConfig.preset("spd", coef_delta=2.0)
+    with pytest.raises(ValueError, match="did you mean 'coeff_faithfulness'"):
+        VPDConfig.preset("spd", coef_faithfulness=2.0)
     assert set(PRESETS) == {"vpd", "vpd_paper", "spd"}
 
 
-# --- resolve_C ------------------------------------------------------------------------------------
+# --- old field names ------------------------------------------------------------------------------
 
 
-def test_resolve_C_int():
-    assert resolve_C(8, SITES) == {site: 8 for site in SITES}
+def test_old_coefficient_names_still_load(tmp_path):
+    cfg = VPDConfig.from_dict({"coeff_delta": 5.0, "coeff_importance": 3e-4})
+    assert (cfg.coeff_faithfulness, cfg.coeff_minimality) == (5.0, 3e-4)
+    path = tmp_path / "old.yaml"
+    path.write_text("coeff_delta: 1e7\ncoeff_importance: 2e-4\n")
+    assert VPDConfig.from_file(path).coeff_faithfulness == 1e7
+    assert VPDConfig.preset("spd", coeff_delta=2.0).coeff_faithfulness == 2.0
+    assert VPDConfig().replace(coeff_importance=1e-3).coeff_minimality == 1e-3
+    with pytest.raises(ValueError, match="both 'coeff_delta' .* and 'coeff_faithfulness'"):
+        VPDConfig.from_dict({"coeff_delta": 1.0, "coeff_faithfulness": 2.0})
 
 
-def test_resolve_C_first_match_wins():
-    C = {"blocks.0.attn.*": 4, "blocks.*.attn.*": 32, "*": 64}
-    assert resolve_C(C, SITES) == {
-        "blocks.0.attn.W_Q": 4,
-        "blocks.0.attn.W_O": 4,
-        "blocks.0.mlp.W_in": 64,
-        "blocks.1.attn.W_Q": 32,
-        "blocks.1.mlp.W_in": 64,
-    }
-
-
-def test_resolve_C_unmatched_site():
-    with pytest.raises(ValueError, match=r"site 'blocks.0.mlp.W_in' is matched by no pattern"):
-        resolve_C({"blocks.*.attn.*": 32}, SITES)
-
-
-def test_resolve_C_pattern_matching_nothing():
-    pattern = r"pattern 'blocks.\*.mlp.W_gate' of C matches no site.*'blocks.0.attn.W_Q'"
-    with pytest.raises(ValueError, match=pattern):
-        resolve_C({"blocks.*.mlp.W_gate": 8, "*": 64}, SITES)
-
-
-def test_resolve_C_shadowed_pattern():
-    with pytest.raises(ValueError, match=r"pattern 'blocks.0.\*' of C is shadowed"):
-        resolve_C({"*": 64, "blocks.0.*": 8}, SITES)
+def test_layerwise_routing_is_removed_with_a_pointer():
+    with pytest.raises(ValueError, match="routing='all' with coeff_layerwise"):
+        VPDConfig(routing="layerwise")

@@ -1,4 +1,4 @@
-"""Loss formulas against hand computation (STYLE.md §8)."""
+"""Loss formulas against hand computation."""
 
 import math
 
@@ -10,10 +10,8 @@ from tl_vpd.losses import (
     frequency_minimality_loss,
     importance_minimality_loss,
     kl_recon_loss,
-    lr_schedule,
     minimality_loss,
     mse_recon_loss,
-    p_schedule,
     recon_loss,
 )
 
@@ -25,16 +23,11 @@ def _ci() -> dict[str, torch.Tensor]:
         "b": torch.tensor([[[0.2], [0.6]]]),
     }
 
-
 def _paper_frequency(ci: torch.Tensor, p: float) -> torch.Tensor:
     """The VPD paper's raw-sum form, (1/BT) Σ_c s_c log2(1 + s_c) with s_c = Σ_{b,t} |g|^p."""
     flat = ci.reshape(-1, ci.shape[-1])
     s = flat.abs().pow(p).sum(dim=0)
     return (s * torch.log2(1 + s)).sum() / flat.shape[0]
-
-
-# --- faithfulness ---------------------------------------------------------------------------------
-
 
 def test_faithfulness_hand_computed():
     deltas = [
@@ -46,15 +39,10 @@ def test_faithfulness_hand_computed():
     assert faithfulness_loss(deltas).item() == pytest.approx(34 / 11)
     assert faithfulness_loss(deltas[:2]).item() == pytest.approx(31 / 8)
 
-
 def test_faithfulness_zero_for_exact_decomposition_and_rejects_empty():
     assert faithfulness_loss([torch.zeros(3, 4)]).item() == 0.0
     with pytest.raises(ValueError, match="at least one"):
         faithfulness_loss([])
-
-
-# --- reconstruction -------------------------------------------------------------------------------
-
 
 def test_kl_hand_computed():
     p = [0.5, 0.3, 0.2]
@@ -66,14 +54,12 @@ def test_kl_hand_computed():
     # position 0 has KL(p||q), position 1 has 0; mean over the 2 positions
     assert kl_recon_loss(target, masked).item() == pytest.approx(kl_pq / 2, rel=1e-5)
 
-
 def test_kl_is_not_symmetric_and_uses_target_first():
     p = torch.tensor([0.5, 0.3, 0.2])
     q = torch.tensor([0.2, 0.5, 0.3])
     kl_qp = float((q * (q / p).log()).sum())
     assert kl_recon_loss(p.log()[None], q.log()[None]).item() != pytest.approx(kl_qp, rel=1e-3)
     assert kl_recon_loss(q.log()[None], p.log()[None]).item() == pytest.approx(kl_qp, rel=1e-5)
-
 
 def test_kl_zero_iff_equal_and_target_is_constant():
     torch.manual_seed(0)
@@ -86,7 +72,6 @@ def test_kl_zero_iff_equal_and_target_is_constant():
     assert target.grad is None
     assert masked.grad is not None and masked.grad.abs().sum() > 0
 
-
 def test_mse_hand_computed_and_dispatch():
     target = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     masked = torch.tensor([[1.0, 0.0], [3.0, 5.0]])
@@ -96,16 +81,11 @@ def test_mse_hand_computed_and_dispatch():
         kl_recon_loss(target, masked).item()
     )
 
-
 def test_recon_loss_rejects_unknown_kind():
     x = torch.zeros(2, 3)
     # ValueError from the dispatch; TypeError when runtime type checking (tests) catches it first
     with pytest.raises((ValueError, TypeError), match="kind"):
         recon_loss(x, x, "l1")  # type: ignore[arg-type]
-
-
-# --- minimality -----------------------------------------------------------------------------------
-
 
 def test_importance_hand_computed_p1_and_p2():
     # p=1: a -> (0.5+1)/2 + (0+0.25)/2 = 0.875; b -> (0.2+0.6)/2 = 0.4
@@ -113,19 +93,16 @@ def test_importance_hand_computed_p1_and_p2():
     # p=2: a -> (0.25+1)/2 + (0+0.0625)/2 = 0.65625; b -> (0.04+0.36)/2 = 0.2
     assert importance_minimality_loss(_ci(), p=2.0, eps=0.0).item() == pytest.approx(0.85625)
 
-
 def test_importance_eps_shifts_values():
     ci = {"a": torch.tensor([[0.0, 1.0]])}
     eps = 0.01
     expected = eps**0.5 + (1 + eps) ** 0.5
     assert importance_minimality_loss(ci, p=0.5, eps=eps).item() == pytest.approx(expected)
 
-
 def test_importance_gradient_finite_at_zero_for_small_p():
     ci = torch.tensor([[0.0, 0.3]], requires_grad=True)
     importance_minimality_loss({"a": ci}, p=0.4, eps=1e-12).backward()
     assert torch.isfinite(ci.grad).all()
-
 
 def test_frequency_hand_computed():
     # p=1, frequencies: a -> [0.75, 0.125], b -> [0.4]; ref_tokens = 4
@@ -137,14 +114,12 @@ def test_frequency_hand_computed():
     loss = frequency_minimality_loss(_ci(), p=1.0, eps=0.0, ref_tokens=4)
     assert loss.item() == pytest.approx(expected)
 
-
 def test_frequency_equals_paper_formula_when_tokens_match():
     torch.manual_seed(0)
     ci = torch.rand(4, 8, 5)  # B*T = 32 tokens
     for p in (2.0, 1.0, 0.4):
         ours = frequency_minimality_loss({"s": ci}, p=p, eps=0.0, ref_tokens=32)
         assert ours.item() == pytest.approx(_paper_frequency(ci, p).item(), rel=1e-5)
-
 
 def test_minimality_is_batch_size_independent_unlike_raw_sums():
     torch.manual_seed(0)
@@ -164,7 +139,6 @@ def test_minimality_is_batch_size_independent_unlike_raw_sums():
     assert raw_importance(ci4).item() == pytest.approx(4 * raw_importance(ci).item(), rel=1e-5)
     assert _paper_frequency(ci4, p).item() > 1.1 * _paper_frequency(ci, p).item()
 
-
 def test_frequency_gradient_flows_through_both_factors():
     g, ref = 0.3, 10
     ci = torch.tensor([[g]], requires_grad=True)
@@ -172,7 +146,6 @@ def test_frequency_gradient_flows_through_both_factors():
     # d/dg [g log2(1 + R g)] = log2(1 + R g) + R g / ((1 + R g) ln 2)
     expected = math.log2(1 + ref * g) + ref * g / ((1 + ref * g) * math.log(2))
     assert ci.grad.item() == pytest.approx(expected, rel=1e-5)
-
 
 def test_minimality_is_importance_plus_beta_frequency():
     imp = importance_minimality_loss(_ci(), p=1.0, eps=0.0).item()
@@ -183,47 +156,6 @@ def test_minimality_is_importance_plus_beta_frequency():
         pytest.approx(imp)
     )
 
-
 def test_minimality_rejects_empty():
     with pytest.raises(ValueError, match="at least one"):
         importance_minimality_loss({}, p=1.0)
-
-
-# --- schedules ------------------------------------------------------------------------------------
-
-
-def test_p_schedule_whole_run():
-    assert p_schedule(0, 100, 2.0, 0.4) == pytest.approx(2.0)
-    assert p_schedule(50, 100, 2.0, 0.4) == pytest.approx(1.2)
-    assert p_schedule(100, 100, 2.0, 0.4) == pytest.approx(0.4)
-    assert p_schedule(150, 100, 2.0, 0.4) == pytest.approx(0.4)
-
-
-def test_p_schedule_partial_window():
-    kwargs = dict(total_steps=100, p_start=2.0, p_end=0.4, start_frac=0.2, end_frac=0.6)
-    assert p_schedule(10, **kwargs) == pytest.approx(2.0)
-    assert p_schedule(20, **kwargs) == pytest.approx(2.0)
-    assert p_schedule(40, **kwargs) == pytest.approx(1.2)
-    assert p_schedule(60, **kwargs) == pytest.approx(0.4)
-    assert p_schedule(90, **kwargs) == pytest.approx(0.4)
-    # an empty window is a step
-    step_kwargs = {**kwargs, "start_frac": 0.5, "end_frac": 0.5}
-    assert p_schedule(49, **step_kwargs) == pytest.approx(2.0)
-    assert p_schedule(50, **step_kwargs) == pytest.approx(0.4)
-
-
-def test_lr_schedule_warmup_and_cosine():
-    kwargs = dict(total_steps=110, base_lr=1e-3, warmup_steps=10, final_frac=0.1)
-    assert lr_schedule(0, **kwargs) == pytest.approx(0.0)
-    assert lr_schedule(5, **kwargs) == pytest.approx(5e-4)
-    assert lr_schedule(10, **kwargs) == pytest.approx(1e-3)
-    # halfway through the cosine: final + (base - final) / 2
-    assert lr_schedule(60, **kwargs) == pytest.approx(1e-4 + 0.5 * 9e-4)
-    assert lr_schedule(110, **kwargs) == pytest.approx(1e-4)
-    assert lr_schedule(500, **kwargs) == pytest.approx(1e-4)
-
-
-def test_lr_schedule_without_warmup_starts_at_base():
-    assert lr_schedule(0, 100, 5e-5, 0, 0.1) == pytest.approx(5e-5)
-    assert lr_schedule(100, 100, 5e-5, 0, 0.1) == pytest.approx(5e-6)
-    assert lr_schedule(50, 100, 5e-5, 0, 0.0) == pytest.approx(2.5e-5)

@@ -1,10 +1,22 @@
-"""Mask sampling, routing, and the adversary (pure functions on tiny tensors)."""
+"""Mask sampling, routing, and the fixed masks of evaluation and analysis (pure functions on tiny tensors)."""
 
+import pytest
 import torch
 
-from tl_vpd.adversary import PersistentSources, fresh_pgd, init_sources
-from tl_vpd.importance import lower_leaky_sigmoid, upper_leaky_sigmoid
-from tl_vpd.masking import masks_from_sources, sample_routing, sample_sources
+from tl_vpd import Decomposition
+from tl_vpd.masking import (
+    ablation_masks,
+    delta_masks,
+    masks_from_sources,
+    ones_masks,
+    rounded_masks,
+    sample_routing,
+    sample_sources,
+    stacked_ablation_masks,
+    zero_delta_sources,
+    zero_masks,
+)
+from model_zoo import make_model
 
 
 def test_masks_between_ci_and_one():
@@ -21,7 +33,6 @@ def test_masks_between_ci_and_one():
     src = torch.rand(2, 4, generator=g)
     m, md = masks_from_sources({"a": torch.zeros(2, 3)}, {"a": src})
     assert torch.equal(m["a"], src[:, :3]) and torch.equal(md["a"], src[:, 3])
-
 
 def test_uniform_k_subset_routing():
     g = torch.Generator().manual_seed(0)
@@ -40,57 +51,50 @@ def test_uniform_k_subset_routing():
     assert (dmasks["s0"][~r["s0"]] == 1).all() and (dmasks["s0"][r["s0"]] == 0).all()
 
 
-def test_leaky_sigmoids():
-    z = torch.tensor([-1.0, 0.5, 2.0], requires_grad=True)
-    lo = lower_leaky_sigmoid(z, 0.01)
-    assert torch.equal(lo, torch.tensor([0.0, 0.5, 1.0]))
-    lo.backward(torch.tensor([-1.0, -1.0, -1.0]))  # descent would raise z: leak below 0
-    assert torch.allclose(z.grad, torch.tensor([-0.01, -1.0, 0.0]))
-    z.grad = None
-    lower_leaky_sigmoid(z, 0.01).backward(torch.tensor([1.0, 1.0, 1.0]))  # would lower z: blocked
-    assert torch.allclose(z.grad, torch.tensor([0.0, 1.0, 0.0]))
-    up = upper_leaky_sigmoid(z.detach(), 0.01)
-    assert torch.allclose(up, torch.tensor([0.0, 0.5, 1.01]))
+def test_routing_rejects_unknown_kinds():
+    with pytest.raises((ValueError, TypeError), match="routing 'layerwise'"):
+        sample_routing(["a"], (2, 3), "layerwise")
 
 
-def test_fresh_pgd_ascends():
-    target = torch.tensor([0.3, -0.7, 0.2])
-
-    def loss_fn(s):
-        return ((s["a"] - target) ** 2).sum()
-
-    start = {"a": torch.full((3,), 0.5)}
-    found = fresh_pgd(loss_fn, start, n_steps=10, step_size=0.1)
-    assert loss_fn(found) >= loss_fn(start)
-    assert (found["a"] >= 0).all() and (found["a"] <= 1).all()
-    # the maximiser of a convex function on the box is a corner far from target
-    assert torch.allclose(found["a"], torch.tensor([1.0, 1.0, 1.0]))
+def test_zero_delta_sources():
+    src = {"a": torch.rand(2, 3, 5)}
+    out = zero_delta_sources(src)["a"]
+    assert torch.equal(out[..., :-1], src["a"][..., :-1]) and (out[..., -1] == 0).all()
 
 
-def test_init_sources_shapes():
-    ci = {"a": torch.rand(2, 3, 4)}
-    assert init_sources(ci, "per_token", "random")["a"].shape == (2, 3, 5)
-    assert torch.equal(init_sources(ci, "shared", "ones")["a"], torch.ones(5))
+def test_fixed_masks():
+    ci = {"a": torch.tensor([[0.0, 0.5, 1.0]]), "b": torch.rand(2, 4, 3, dtype=torch.float64)}
+    assert torch.equal(ones_masks(ci)["a"], torch.ones(1, 3))
+    assert torch.equal(zero_masks(ci)["a"], torch.zeros(1, 3))
+    assert ones_masks(ci)["b"].dtype == torch.float64 and zero_masks(ci)["b"].shape == (2, 4, 3)
+    assert torch.equal(rounded_masks(ci, 0.4)["a"], torch.tensor([[0.0, 1.0, 1.0]]))
+    assert torch.equal(delta_masks(ci, 0.0)["b"], torch.zeros(2, 4, dtype=torch.float64))
+    assert torch.equal(delta_masks(ci, 1.0)["a"], torch.ones(1))
 
 
-def test_persistent_sources_ascend_and_persist():
-    ci = {"a": torch.zeros(2, 3, 4)}
-    ps = PersistentSources("per_token", lr=0.05, betas=(0.5, 0.99), init="random")
-    g = torch.Generator().manual_seed(0)
+def test_ablation_masks():
+    dec = Decomposition.from_model(make_model("gpt2"), C=4)
+    comps = dec.components
+    m = ablation_masks(comps, {"blocks.0.attn.W_Q": {1: 0.0, 3: 0.5}}, (2, 5))
+    assert list(m) == ["blocks.0.attn.W_Q"] and m["blocks.0.attn.W_Q"].shape == (2, 5, 4)
+    expected = torch.ones(2, 5, 4)
+    expected[..., 1] = 0.0
+    expected[..., 3] = 0.5
+    assert torch.equal(m["blocks.0.attn.W_Q"], expected)
+    g = torch.rand(2, 5, 4)  # per-token alpha: ablate as far as the CI allows
+    m = ablation_masks(comps, {"blocks.1.mlp.W_in": {2: g[..., 2]}}, g.shape[:-1])
+    assert torch.equal(m["blocks.1.mlp.W_in"][..., 2], g[..., 2])
+    assert (m["blocks.1.mlp.W_in"][..., [0, 1, 3]] == 1).all()
 
-    def loss_fn(s):
-        return (s["a"] ** 2).sum()  # maximised by pushing sources to 1
 
-    first = ps.current(ci, g)["a"].detach().clone()
-    before = loss_fn({"a": first})
-    ps.warmup(loss_fn, ci, n_steps=5, generator=g)
-    after = loss_fn(ps.current(ci, g))
-    assert after > before
-    again = ps.current(ci, g)["a"]
-    assert again is ps.sources["a"]  # persists across calls
-    state = ps.state_dict()
-    ps2 = PersistentSources("per_token", lr=0.05, betas=(0.5, 0.99))
-    ps2.load_state_dict(state)
-    assert torch.equal(ps2.sources["a"], ps.sources["a"])
-    bank = PersistentSources("bank", lr=0.05, betas=(0.5, 0.99), bank_size=3)
-    assert bank.current(ci, g)["a"].shape == (2, 1, 5)
+def test_stacked_ablation_masks():
+    dec = Decomposition.from_model(make_model("gpt2"), C=4)
+    cands = [("blocks.0.attn.W_Q", 1), ("blocks.1.mlp.W_in", 0), ("blocks.0.attn.W_Q", 3)]
+    m = stacked_ablation_masks(dec.components, cands, (2, 5))
+    assert set(m) == {"blocks.0.attn.W_Q", "blocks.1.mlp.W_in"}
+    q = m["blocks.0.attn.W_Q"]
+    assert q.shape == (6, 5, 4)
+    assert (q[0:2, :, 1] == 0).all() and (q[4:6, :, 3] == 0).all()
+    assert q.sum() == 6 * 5 * 4 - 2 * 2 * 5
+    mlp = m["blocks.1.mlp.W_in"]
+    assert (mlp[2:4, :, 0] == 0).all() and mlp.sum() == 6 * 5 * 4 - 2 * 5

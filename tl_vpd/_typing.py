@@ -5,6 +5,6 @@ in the test suite (``tests/conftest.py`` installs jaxtyping's import hook with b
 wrong shape fails loudly there and costs nothing in normal use.
 """
 
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Num
 
-__all__ = ["Bool", "Float", "Int"]
+__all__ = ["Bool", "Float", "Int", "Num"]

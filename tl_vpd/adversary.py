@@ -19,42 +19,64 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from tl_vpd._typing import Float
 from tl_vpd.distributed import Shard
 
 __all__ = ["PersistentSources", "fresh_pgd", "init_sources"]
 
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+CI = Mapping[str, Float[torch.Tensor, "*lead C"]]
+Sources = dict[str, Float[torch.Tensor, "*_src C1"]]
 
 
-def init_sources(ci: Mapping[str, torch.Tensor], scope: str, init: str,
-                 generator: torch.Generator | None = None, shard: Shard = Shard()
-                 ) -> dict[str, torch.Tensor]:
-    """Initial sources for every site: ``random`` (U(0,1)), ``ones`` or ``zeros``."""
+def _initial(shape: tuple[int, ...], init: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Starting sources: ``random`` (U(0, 1), drawn from ``generator``), ``ones`` or ``zeros``."""
+    if init == "random":
+        return torch.rand(shape, generator=generator)
+    if init == "ones":
+        return torch.ones(shape)
+    if init == "zeros":
+        return torch.zeros(shape)
+    raise ValueError(f"pgd init must be 'random', 'ones' or 'zeros', got {init!r}")
+
+
+def init_sources(ci: CI, scope: str, init: str, generator: torch.Generator | None = None,
+                 shard: Shard = Shard()) -> Sources:
+    """Initial sources for every site: ``random`` (U(0,1)), ``ones`` or ``zeros``.
+
+    Arguments:
+        ci: causal importances per site, ``[*lead, C]`` (give the shapes, dtype and device).
+        scope: ``per_token`` (``[*lead, C + 1]``) or ``shared`` (``[C + 1]``).
+        init: ``random``, ``ones`` or ``zeros``.
+        generator: the random generator for ``random``.
+        shard: under data parallelism, per-token draws are made at the global batch size and
+            this rank keeps its rows.
+
+    Returns:
+        ``{site: sources}``.
+    """
     out = {}
     for name, g in ci.items():
         per_token = scope == "per_token"
         shape = (g.shape[0] * shard.world, *g.shape[1:-1], g.shape[-1] + 1) if per_token else (g.shape[-1] + 1,)
-        if init == "random":
-            s = torch.rand(shape, generator=generator)
-        elif init == "ones":
-            s = torch.ones(shape)
-        elif init == "zeros":
-            s = torch.zeros(shape)
-        else:
-            raise ValueError(f"pgd init must be 'random', 'ones' or 'zeros', got {init!r}")
+        s = _initial(shape, init, generator)
         out[name] = (shard.take(s) if per_token else s).to(g.device, g.dtype)
     return out
 
 
-def fresh_pgd(loss_fn: LossFn, sources: dict[str, torch.Tensor], n_steps: int,
-              step_size: float, shard: Shard = Shard(), shared: bool = False
-              ) -> dict[str, torch.Tensor]:
+def fresh_pgd(loss_fn: LossFn, sources: Sources, n_steps: int, step_size: float,
+              shard: Shard = Shard(), shared: bool = False) -> Sources:
     """``n_steps`` of sign-gradient ascent ``s ← clamp(s + step_size · sign(∇_s L), 0, 1)``.
 
     Arguments:
         loss_fn: maps sources to the reconstruction loss (it must not need gradients of anything
             but the sources: pass detached CI).
         sources: starting sources (not modified).
+        n_steps: ascent steps.
+        step_size: the sign-gradient step.
+        shard: the data-parallel group.
+        shared: the sources are shared across the (global) batch: their gradients are summed
+            over ranks so every rank ascends alike.
 
     Returns:
         The final sources, detached.
@@ -78,21 +100,27 @@ class PersistentSources:
 
     Arguments:
         scope: ``per_token``, ``shared`` or ``bank``.
-        lr, betas: Adam hyperparameters of the ascent (paper: 0.01, (0.5, 0.99)).
+        lr: Adam learning rate of the ascent (paper: 0.01).
+        betas: Adam betas of the ascent (paper: (0.5, 0.99)).
         bank_size: K for the ``bank`` scope.
+        init: how sources start (and restart when the batch shape changes): ``random``,
+            ``ones`` or ``zeros``.
+        shard: the data-parallel group.
     """
 
     def __init__(self, scope: str, lr: float, betas: tuple[float, float], bank_size: int = 8,
                  init: str = "random", shard: Shard = Shard()):
         if scope not in ("per_token", "shared", "bank"):
             raise ValueError(f"persistent PGD scope must be per_token/shared/bank, got {scope!r}")
+        if init not in ("random", "ones", "zeros"):
+            raise ValueError(f"pgd init must be 'random', 'ones' or 'zeros', got {init!r}")
         self.scope, self.lr, self.betas, self.bank_size, self.init = scope, lr, betas, bank_size, init
         self.shard = shard
         self.sources: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Adam | None = None
         self._bank_index: torch.Tensor | None = None
 
-    def _ensure(self, ci: Mapping[str, torch.Tensor], generator: torch.Generator | None) -> None:
+    def _ensure(self, ci: CI, generator: torch.Generator | None) -> None:
         def shape(g):
             if self.scope == "per_token":
                 return (g.shape[0] * self.shard.world, *g.shape[1:-1], g.shape[-1] + 1)
@@ -106,15 +134,14 @@ class PersistentSources:
         # First step, or the batch shape changed: (re)initialise.
         self.sources = {}
         for k, g in ci.items():
-            s = torch.rand(shape(g), generator=generator) if self.init == "random" else torch.full(shape(g), 0.5)
+            s = _initial(shape(g), self.init, generator)
             if self.scope == "per_token":
                 s = self.shard.take(s)
             self.sources[k] = s.to(g.device, g.dtype).requires_grad_(True)
         self.optimizer = torch.optim.Adam(list(self.sources.values()), lr=self.lr,
                                           betas=self.betas, maximize=True)
 
-    def current(self, ci: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
-                ) -> dict[str, torch.Tensor]:
+    def current(self, ci: CI, generator: torch.Generator | None = None) -> Sources:
         """The sources to use this step, broadcastable to ``[*lead, C + 1]`` (require grad)."""
         self._ensure(ci, generator)
         if self.scope != "bank":
@@ -143,7 +170,8 @@ class PersistentSources:
             for s in self.sources.values():
                 s.clamp_(0.0, 1.0)
 
-    def warmup(self, loss_fn: LossFn, ci, n_steps: int, generator=None) -> None:
+    def warmup(self, loss_fn: LossFn, ci: CI, n_steps: int,
+               generator: torch.Generator | None = None) -> None:
         """``n_steps`` inner ascent steps with everything but the sources frozen."""
         for _ in range(n_steps):
             cur = self.current(ci, generator)

@@ -80,17 +80,17 @@ class SiteComponents(nn.Module):
 
     def masked_output(
         self,
-        x: torch.Tensor,
-        out: torch.Tensor,
+        x: Float[torch.Tensor, "*x_lead d_in"],
+        out: Float[torch.Tensor, "*out_lead d_out"],
         mask: Float[torch.Tensor, "*lead C"],
         delta_mask: Float[torch.Tensor, "*lead"] | None,
-    ) -> torch.Tensor:
+    ) -> Float[torch.Tensor, "*out_lead d_out"]:
         """The factorized masked output (see the module docstring).
 
         Arguments:
             x: the site's input, ``[*lead, d_in]`` (or ``[*lead, h, d_in]`` per head).
             out: the target's output ``x Wᵀ + b`` for the same ``x``, ``[*lead, d_out]``
-                (or ``[*lead, h, d_out/h]``).
+                (or ``[*lead, h, d_out/h]``: ``*x_lead`` and ``*out_lead`` then end in ``h``).
             mask: per-token subcomponent masks.
             delta_mask: per-token Δ mask; ``None`` means 1 (Δ on).
 

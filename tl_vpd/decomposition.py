@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tl_vpd._typing import Float
+from tl_vpd._typing import Float, Num
 from tl_vpd.backends import Backend, get_backend
 from tl_vpd.components import SiteComponents
-from tl_vpd.config import resolve_C
-from tl_vpd.importance import CausalImportance, build_ci_fn, ci_views
-from tl_vpd.sites import Site, select_sites
+from tl_vpd.config import VPDConfig
+from tl_vpd.importance import CausalImportance, build_ci_fn, lower_leaky_sigmoid
+from tl_vpd.sites import Site, resolve_C, select_sites
+from tl_vpd.spec import SPEC_DEFAULTS, DecompositionSpec
 
 __all__ = ["CIResult", "Decomposition"]
 
@@ -28,11 +29,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 @dataclass
 class CIResult:
-    """Causal importances of one batch: pre-activations and both leaky views (``[..., C]``)."""
+    """Causal importances of one batch: the pre-activations and the lower-leaky view used for
+    masks (``[*lead, C]`` per site). The minimality losses take the upper-leaky view of ``pre``
+    themselves (:func:`tl_vpd.importance.upper_leaky_sigmoid`)."""
 
-    pre: dict[str, torch.Tensor]
-    lower: dict[str, torch.Tensor]  # for masks
-    upper: dict[str, torch.Tensor]  # for the minimality losses
+    pre: dict[str, Float[torch.Tensor, "*lead _C"]]
+    lower: dict[str, Float[torch.Tensor, "*lead _C"]]
 
 
 class Decomposition(nn.Module):
@@ -49,16 +51,16 @@ class Decomposition(nn.Module):
     """
 
     def __init__(self, model: nn.Module, backend: Backend, sites: Sequence[Site],
-                 components: Mapping[str, SiteComponents], ci_fn: CausalImportance, spec: dict):
+                 components: Mapping[str, SiteComponents], ci_fn: CausalImportance,
+                 spec: DecompositionSpec, config: VPDConfig | None = None):
         super().__init__()
         object.__setattr__(self, "model", model)
         self.backend = backend
         self._sites = {s.name: s for s in sites}
         self._components = nn.ModuleDict({_key(n): c for n, c in components.items()})
         self.ci_fn = ci_fn
-        self.spec = spec
-        self.leaky_alpha = spec.get("leaky_alpha", 0.01)
-        self.config = None  # the VPDConfig it was trained with, when trained by decompose()
+        self.spec = spec  # with the resolved site names
+        self.config = config  # the VPDConfig it is trained with, when built by decompose()
         self.history: list[dict] = []
 
     # ------------------------------------------------------------- construction
@@ -68,18 +70,18 @@ class Decomposition(nn.Module):
         model: nn.Module,
         C: int | Mapping[str, int],
         sites: str | Sequence[str] | None = None,
-        seed: int = 0,
+        seed: int = SPEC_DEFAULTS["seed"],
         *,
-        ci_fn: str = "shared_mlp",
-        ci_hidden: int = 64,
-        ci_d_model: int = 128,
-        ci_n_layers: int = 2,
-        ci_n_heads: int = 4,
-        init: str = "random",
-        leaky_alpha: float = 0.01,
-        dtype: str = "float32",
+        ci_fn: str = SPEC_DEFAULTS["ci_fn"],
+        ci_hidden: int = SPEC_DEFAULTS["ci_hidden"],
+        ci_d_model: int = SPEC_DEFAULTS["ci_d_model"],
+        ci_n_layers: int = SPEC_DEFAULTS["ci_n_layers"],
+        ci_n_heads: int = SPEC_DEFAULTS["ci_n_heads"],
+        init: str = SPEC_DEFAULTS["init"],
+        leaky_alpha: float = SPEC_DEFAULTS["leaky_alpha"],
+        dtype: str = SPEC_DEFAULTS["dtype"],
     ) -> Decomposition:
-        """An untrained decomposition of ``model``.
+        """An untrained decomposition of ``model`` (the fields of :class:`DecompositionSpec`).
 
         Arguments:
             model: a ``HookedTransformer`` or a model with ``vpd_sites()`` (toy models).
@@ -89,33 +91,56 @@ class Decomposition(nn.Module):
             seed: seeds U, V and the CI function's initialisation.
             ci_fn: ``mlp``, ``vector_mlp``, ``shared_mlp``, ``global_mlp`` or
                 ``global_transformer`` (see :mod:`tl_vpd.importance`).
+            ci_hidden: width of the per-site / per-subcomponent CI MLPs.
+            ci_d_model: width of the global CI network.
+            ci_n_layers: blocks of the global CI transformer.
+            ci_n_heads: heads of the global CI transformer.
             init: ``"random"`` or ``"svd"``.
+            leaky_alpha: slope of the leaky hard sigmoids.
             dtype: dtype of U, V and the CI function.
 
         Returns:
             The decomposition; with all masks 1 it reproduces the model exactly.
         """
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        spec = DecompositionSpec(
+            C=C if isinstance(C, int) else dict(C), sites=sites, seed=seed, ci_fn=ci_fn,
+            ci_hidden=ci_hidden, ci_d_model=ci_d_model, ci_n_layers=ci_n_layers,
+            ci_n_heads=ci_n_heads, init=init, leaky_alpha=leaky_alpha, dtype=dtype)
+        return cls.from_spec(model, spec)
+
+    @classmethod
+    def from_spec(cls, model: nn.Module, spec: DecompositionSpec,
+                  config: VPDConfig | None = None) -> Decomposition:
+        """An untrained decomposition of ``model`` with the shape ``spec``.
+
+        Arguments:
+            model: a ``HookedTransformer`` or a model with ``vpd_sites()`` (toy models).
+            spec: the decomposition's shape; ``spec.sites`` may hold glob patterns.
+            config: the training config, when the decomposition is built for training
+                (``config.spec`` is then the usual ``spec``); stored as ``.config``.
+
+        Returns:
+            The decomposition; its ``.spec`` holds the resolved site names.
+        """
+        if spec.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {spec.dtype!r}")
+        dtype = _DTYPES[spec.dtype]
         backend = get_backend(model)
-        chosen = select_sites(backend.find_sites(model), sites)
+        chosen = select_sites(backend.find_sites(model), spec.sites)
         if not chosen:
             raise ValueError("the model has no decomposable sites")
-        Cs = resolve_C(C, [s.name for s in chosen])
-        gen = torch.Generator().manual_seed(seed)
-        comps = {s.name: SiteComponents(s, Cs[s.name], init, gen, _DTYPES[dtype]) for s in chosen}
+        Cs = resolve_C(spec.C, [s.name for s in chosen])
+        gen = torch.Generator().manual_seed(spec.seed)
+        comps = {s.name: SiteComponents(s, Cs[s.name], spec.init, gen, dtype) for s in chosen}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            ci = build_ci_fn(ci_fn, {s.name: (s.d_in, Cs[s.name]) for s in chosen},
-                             hidden=ci_hidden, d_model=ci_d_model, n_layers=ci_n_layers,
-                             n_heads=ci_n_heads)
+            torch.manual_seed(spec.seed)
+            ci = build_ci_fn(spec.ci_fn, {s.name: (s.d_in, Cs[s.name]) for s in chosen},
+                             hidden=spec.ci_hidden, d_model=spec.ci_d_model,
+                             n_layers=spec.ci_n_layers, n_heads=spec.ci_n_heads)
         device = next(iter(comps.values())).W.device
-        ci = ci.to(device=device, dtype=_DTYPES[dtype])
-        spec = dict(C=C if isinstance(C, int) else dict(C), sites=[s.name for s in chosen],
-                    seed=seed, ci_fn=ci_fn, ci_hidden=ci_hidden, ci_d_model=ci_d_model,
-                    ci_n_layers=ci_n_layers, ci_n_heads=ci_n_heads, init=init,
-                    leaky_alpha=leaky_alpha, dtype=dtype)
-        return cls(model, backend, chosen, comps, ci, spec)
+        ci = ci.to(device=device, dtype=dtype)
+        resolved = spec.replace(sites=tuple(s.name for s in chosen))
+        return cls(model, backend, chosen, comps, ci, resolved, config)
 
     # ------------------------------------------------------------- access
     @property
@@ -131,12 +156,19 @@ class Decomposition(nn.Module):
             raise KeyError(f"{name!r} is not a decomposed site; sites: {self.sites}")
         return self._sites[name]
 
+    @property
+    def leaky_alpha(self) -> float:
+        """Slope of the leaky hard sigmoids (``spec.leaky_alpha``)."""
+        return self.spec.leaky_alpha
+
     def target_weight(self, site: str) -> Float[torch.Tensor, "d_out d_in"]:
         """The target's matrix ``W`` of ``site`` (``[d_out, d_in]``)."""
         return self.site(site).weight
 
     # ------------------------------------------------------------- forward passes
-    def run_target(self, inputs, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def run_target(
+        self, inputs: Num[torch.Tensor, "batch *in_rest"], **kwargs
+    ) -> tuple[Float[torch.Tensor, "batch *out_rest"], dict[str, Float[torch.Tensor, "batch *_x"]]]:
         """One plain forward of the target, capturing every site's input.
 
         Returns:
@@ -153,8 +185,16 @@ class Decomposition(nn.Module):
             out = self.model(inputs, **kwargs)
         return out, captured
 
-    def ci(self, site_inputs: Mapping[str, torch.Tensor]) -> CIResult:
-        """Causal importances from captured site inputs (with gradient to the CI function)."""
+    def ci(self, site_inputs: Mapping[str, Float[torch.Tensor, "batch *_x"]]) -> CIResult:
+        """Causal importances from captured site inputs (with gradient to the CI function).
+
+        Arguments:
+            site_inputs: ``{site: input}`` as :meth:`run_target` captures them, ``[*lead, d_in]``
+                (``[*lead, h, d_in]`` for per-head sites).
+
+        Returns:
+            The pre-activations and the lower-leaky causal importances, ``[*lead, C]`` per site.
+        """
         dtype = next(self.ci_fn.parameters()).dtype
         xs = {}
         for n in self._sites:
@@ -162,8 +202,8 @@ class Decomposition(nn.Module):
             xs[n] = x.mean(-2) if self._sites[n].per_head_input else x
         acts = {n: self.components[n].inner_acts(xs[n]) for n in self._sites}
         pre = self.ci_fn(xs, acts)
-        lower, upper = ci_views(pre, self.leaky_alpha)
-        return CIResult(pre, lower, upper)
+        alpha = self.spec.leaky_alpha
+        return CIResult(pre, {k: lower_leaky_sigmoid(z, alpha) for k, z in pre.items()})
 
     @torch.no_grad()
     def causal_importance(self, inputs) -> dict[str, Float[torch.Tensor, "... C"]]:
@@ -281,7 +321,7 @@ class Decomposition(nn.Module):
         total = sum(c.C for c in comps.values())
         n_par = sum(p.numel() for p in self.parameters())
         lines = [f"Decomposition of {type(self.model).__name__} ({self.backend.name}): "
-                 f"{len(comps)} sites, {total} subcomponents, ci_fn={self.spec['ci_fn']}, "
+                 f"{len(comps)} sites, {total} subcomponents, ci_fn={self.spec.ci_fn}, "
                  f"{n_par:,} trainable parameters"]
         for n, c in list(comps.items())[:12]:
             lines.append(f"  {n:<28} W[{c.d_out}, {c.d_in}]  C={c.C}")

@@ -1,7 +1,7 @@
 """Causal-importance (CI) functions and the leaky hard sigmoids.
 
 A CI function maps each site's input activation to pre-activations ``z [..., C]``; the causal
-importance is ``g = σ_H(z) ∈ [0, 1]``. Two leaky views (VPD paper, digest §3):
+importance is ``g = σ_H(z) ∈ [0, 1]``. Two leaky views (VPD paper, the leaky hard sigmoids):
 
 * :func:`lower_leaky_sigmoid` — forward is exactly ``clamp(z, 0, 1)``; below 0 the gradient
   passes through scaled by ``alpha`` only when it would *raise* z (incoming gradient < 0), so
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_vpd._typing import Float
 
 __all__ = [
     "CI_FUNCTIONS",
@@ -57,13 +56,13 @@ class _LowerLeakyHardSigmoid(torch.autograd.Function):
         return g, None
 
 
-def lower_leaky_sigmoid(z: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def lower_leaky_sigmoid(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """``clamp(z, 0, 1)`` with a straight-through leak (slope ``alpha``) below 0 that only lets
     gradient descent raise ``z``."""
     return _LowerLeakyHardSigmoid.apply(z, alpha)
 
 
-def upper_leaky_sigmoid(z: torch.Tensor, alpha: float = 0.01) -> torch.Tensor:
+def upper_leaky_sigmoid(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """``0`` for ``z < 0``, ``z`` on ``[0, 1]``, ``1 + alpha (z − 1)`` above 1."""
     return torch.where(z > 1, 1 + alpha * (z - 1), z.clamp_min(0.0))
 
@@ -84,7 +83,7 @@ class CausalImportance(nn.Module):
 class PerSubcomponentMLP(CausalImportance):
     """``mlp``: ``g_c = σ(MLP_c(v_c · x))``, one tiny scalar MLP per subcomponent."""
 
-    def __init__(self, site_dims, hidden: int = 16):
+    def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)
         self.w1 = nn.ParameterList()
         self.b1 = nn.ParameterList()
@@ -107,7 +106,7 @@ class PerSubcomponentMLP(CausalImportance):
 class PerSubcomponentVectorMLP(CausalImportance):
     """``vector_mlp``: ``g_c = σ(MLP_c(x))``, one ``d_in → hidden → 1`` MLP per subcomponent."""
 
-    def __init__(self, site_dims, hidden: int = 16):
+    def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)
         self.w1 = nn.ParameterList()
         self.b1 = nn.ParameterList()
@@ -130,7 +129,7 @@ class PerSubcomponentVectorMLP(CausalImportance):
 class SharedMLP(CausalImportance):
     """``shared_mlp``: one ``d_in → hidden → C`` GELU MLP per site."""
 
-    def __init__(self, site_dims, hidden: int = 64):
+    def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)
         self.mlps = nn.ModuleList(
             nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, C))
@@ -149,7 +148,7 @@ def _rms_concat(inputs: Mapping[str, torch.Tensor], names) -> torch.Tensor:
 class GlobalMLP(CausalImportance):
     """``global_mlp``: one MLP over all sites' RMS-normalised, concatenated inputs."""
 
-    def __init__(self, site_dims, hidden: int = 256):
+    def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)
         d_total = sum(d for d, _ in site_dims.values())
         self.net = nn.Sequential(nn.Linear(d_total, hidden), nn.GELU(),
@@ -194,7 +193,7 @@ class GlobalTransformer(CausalImportance):
     axis (toy models) are treated as length-1 sequences.
     """
 
-    def __init__(self, site_dims, d_model: int = 128, n_layers: int = 2, n_heads: int = 4):
+    def __init__(self, site_dims, d_model: int, n_layers: int, n_heads: int):
         super().__init__(site_dims)
         if d_model % (2 * n_heads):
             raise ValueError(f"ci_d_model={d_model} must be divisible by 2*ci_n_heads={2 * n_heads}")
@@ -233,17 +232,23 @@ CI_FUNCTIONS = {
 }
 
 
-def build_ci_fn(kind: str, site_dims: Mapping[str, tuple[int, int]], *, hidden: int = 64,
-                d_model: int = 128, n_layers: int = 2, n_heads: int = 4) -> CausalImportance:
-    """Construct a CI function by name (no silent fallback on an unknown name)."""
+def build_ci_fn(kind: str, site_dims: Mapping[str, tuple[int, int]], *, hidden: int,
+                d_model: int, n_layers: int, n_heads: int) -> CausalImportance:
+    """Construct a CI function by name (no silent fallback on an unknown name).
+
+    Arguments:
+        kind: a key of :data:`CI_FUNCTIONS`.
+        site_dims: ``{site: (d_in, C)}``.
+        hidden: width of the per-site / per-subcomponent MLPs (and of ``global_mlp``).
+        d_model: width of ``global_transformer``.
+        n_layers: blocks of ``global_transformer``.
+        n_heads: heads of ``global_transformer``.
+
+    Returns:
+        The CI function (defaults of these sizes: :data:`tl_vpd.spec.SPEC_DEFAULTS`).
+    """
     if kind not in CI_FUNCTIONS:
         raise ValueError(f"ci_fn must be one of {sorted(CI_FUNCTIONS)}, got {kind!r}")
     if kind == "global_transformer":
         return GlobalTransformer(site_dims, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
     return CI_FUNCTIONS[kind](site_dims, hidden=hidden)
-
-
-def ci_views(pre: Mapping[str, Float[torch.Tensor, "*lead C"]], alpha: float = 0.01):
-    """``(lower, upper)`` leaky views of every site's pre-activations."""
-    return ({k: lower_leaky_sigmoid(z, alpha) for k, z in pre.items()},
-            {k: upper_leaky_sigmoid(z, alpha) for k, z in pre.items()})

@@ -58,7 +58,7 @@ def save(dec, path) -> Path:
         "tl_vpd_version": __version__,
         "backend": dec.backend.name,
         "target_type": type(dec.model).__name__,
-        "spec": dec.spec,
+        "spec": dec.spec.to_dict(),
         "site_shapes": {n: [c.d_out, c.d_in, c.C] for n, c in comps.items()},
         "fingerprint": fingerprint(dec),
         "extra": getattr(dec, "extra", {}),

@@ -1,17 +1,16 @@
-"""The VPD losses and schedules, as pure functions of tensors and numbers.
+"""The VPD losses, as pure functions of tensors and numbers (schedules: :mod:`tl_vpd.schedules`).
 
-Notation follows ``shared/ALGORITHM.md``: a site has target weight ``W`` ``[d_out, d_in]``,
+Notation (VPD paper): a site has target weight ``W`` ``[d_out, d_in]``,
 subcomponents ``U`` ``[d_out, C]`` and ``V`` ``[C, d_in]``, and ``Δ = W − U V``. ``ci_upper`` is
 the causal importance ``g`` after the upper-leaky hard sigmoid, one tensor ``[*batch, C]`` per
 site (``[batch, pos, C]`` for a transformer, ``[batch, C]`` for a toy model).
 
 Total loss (VPD paper), with the config's coefficients:
-``coeff_adversarial·L_adv + coeff_stochastic·L_stoch + coeff_importance·L_min
-+ coeff_delta·L_Δ``, where ``L_min = L_imp + freq_beta·L_freq`` is the paper's fused minimality
+``coeff_adversarial·L_adv + coeff_stochastic·L_stoch + coeff_minimality·L_min
++ coeff_faithfulness·L_Δ``, where ``L_min = L_imp + freq_beta·L_freq`` is the paper's fused minimality
 loss.
 """
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -29,8 +28,6 @@ __all__ = [
     "importance_minimality_loss",
     "frequency_minimality_loss",
     "minimality_loss",
-    "p_schedule",
-    "lr_schedule",
 ]
 
 
@@ -40,10 +37,11 @@ def faithfulness_loss(deltas: Sequence[Float[Tensor, "_d_out _d_in"]]) -> Float[
     `Σ_sites ‖Δ‖_F² / Σ_sites numel(Δ)` — the VPD paper's Δ-L2 loss and the SPD paper's
     faithfulness loss (the same quantity). Sums are taken in at least float32.
 
-    **Arguments:**
-    - `deltas`: one residual matrix per site (shapes may differ between sites).
+    Arguments:
+        deltas: one residual matrix per site (shapes may differ between sites).
 
-    **Returns:** a scalar tensor.
+    Returns:
+        A scalar tensor.
     """
     if len(deltas) == 0:
         raise ValueError("faithfulness_loss needs at least one site's Δ (got an empty sequence)")
@@ -60,11 +58,12 @@ def kl_recon_loss(
     The target is treated as a constant (detached). Both distributions come from `log_softmax`
     for stability.
 
-    **Arguments:**
-    - `target_logits`: logits of the target model.
-    - `masked_logits`: logits of the model with masked weights, same shape.
+    Arguments:
+        target_logits: logits of the target model.
+        masked_logits: logits of the model with masked weights, same shape.
 
-    **Returns:** a scalar tensor, `mean_{b,t} Σ_v p_v (log p_v − log q_v)`.
+    Returns:
+        A scalar tensor, `mean_{b,t} Σ_v p_v (log p_v − log q_v)`.
     """
     target_logprobs = F.log_softmax(_upcast(target_logits.detach()), dim=-1)
     masked_logprobs = F.log_softmax(_upcast(masked_logits), dim=-1)
@@ -78,11 +77,12 @@ def mse_recon_loss(
     """Mean squared error over all elements, the reconstruction distance of the SPD paper's toy
     models. The target is treated as a constant (detached).
 
-    **Arguments:**
-    - `target_out`: outputs of the target model.
-    - `masked_out`: outputs of the model with masked weights, same shape.
+    Arguments:
+        target_out: outputs of the target model.
+        masked_out: outputs of the model with masked weights, same shape.
 
-    **Returns:** a scalar tensor, `mean((masked − target)²)`.
+    Returns:
+        A scalar tensor, `mean((masked − target)²)`.
     """
     return (_upcast(masked_out) - _upcast(target_out.detach())).pow(2).mean()
 
@@ -94,13 +94,14 @@ def recon_loss(
 ) -> Float[Tensor, ""]:
     """Reconstruction distance `D(target, masked)` chosen by `kind`.
 
-    **Arguments:**
-    - `target`: target-model outputs (logits for `"kl"`).
-    - `masked`: masked-model outputs, same shape.
-    - `kind`: `"kl"` (`kl_recon_loss`) or `"mse"` (`mse_recon_loss`). Anything else raises;
-        resolve the config's `"auto"` before calling.
+    Arguments:
+        target: target-model outputs (logits for `"kl"`).
+        masked: masked-model outputs, same shape.
+        kind: `"kl"` (`kl_recon_loss`) or `"mse"` (`mse_recon_loss`). Anything else raises;
+            resolve the config's `"auto"` before calling.
 
-    **Returns:** a scalar tensor.
+    Returns:
+        A scalar tensor.
     """
     if kind == "kl":
         return kl_recon_loss(target, masked)
@@ -116,12 +117,13 @@ def importance_minimality_loss(
 
     Averaging over tokens (the VPD paper's `1/(BT)`) makes it independent of the batch size.
 
-    **Arguments:**
-    - `ci_upper`: site -> upper-leaky causal importances `[*batch, C]`.
-    - `p`: the exponent (annealed, see `p_schedule`).
-    - `eps`: keeps the gradient of `x^p` finite at 0 for `p < 1`.
+    Arguments:
+        ci_upper: site -> upper-leaky causal importances `[*batch, C]`.
+        p: the exponent (annealed, see `p_schedule`).
+        eps: keeps the gradient of `x^p` finite at 0 for `p < 1`.
 
-    **Returns:** a scalar tensor.
+    Returns:
+        A scalar tensor.
     """
     return sum(f.sum() for f in _firing_frequencies(ci_upper, p, eps).values())
 
@@ -144,13 +146,14 @@ def frequency_minimality_loss(
     paper's value when `B·T == ref_tokens` (64 × 512 = 32768 in the paper) and a value that does
     not change with the batch size otherwise.
 
-    **Arguments:**
-    - `ci_upper`: site -> upper-leaky causal importances `[*batch, C]`.
-    - `p`: the exponent (annealed, see `p_schedule`).
-    - `eps`: keeps the gradient of `x^p` finite at 0 for `p < 1`.
-    - `ref_tokens`: the token count at which this equals the paper's raw-sum form.
+    Arguments:
+        ci_upper: site -> upper-leaky causal importances `[*batch, C]`.
+        p: the exponent (annealed, see `p_schedule`).
+        eps: keeps the gradient of `x^p` finite at 0 for `p < 1`.
+        ref_tokens: the token count at which this equals the paper's raw-sum form.
 
-    **Returns:** a scalar tensor.
+    Returns:
+        A scalar tensor.
     """
     frequencies = _firing_frequencies(ci_upper, p, eps)
     return sum(_frequency_penalty(f, ref_tokens) for f in frequencies.values())
@@ -166,20 +169,21 @@ def minimality_loss(
 ) -> Float[Tensor, ""]:
     """The VPD paper's fused minimality loss, `L_imp + freq_beta · L_freq`.
 
-    Its coefficient (`coeff_importance`, 2e-4 in the paper) multiplies both terms, so the
-    frequency term's effective coefficient is `freq_beta × coeff_importance` (1e-4 in the paper).
+    Its coefficient (`coeff_minimality`, 2e-4 in the paper) multiplies both terms, so the
+    frequency term's effective coefficient is `freq_beta × coeff_minimality` (1e-4 in the paper).
 
-    **Arguments:**
-    - `ci_upper`: site -> upper-leaky causal importances `[*batch, C]`.
-    - `p`: the exponent (annealed, see `p_schedule`).
-    - `eps`: keeps the gradient of `x^p` finite at 0 for `p < 1`.
-    - `freq_beta`: weight of the frequency term relative to the importance term.
-    - `ref_tokens`: see `frequency_minimality_loss`.
-    - `global_mean`: under data parallelism, maps this rank's frequencies to ones whose value is
-      the mean over ranks (`tl_vpd.distributed.Shard.global_mean_value`), so the frequency term
-      sees the global batch.
+    Arguments:
+        ci_upper: site -> upper-leaky causal importances `[*batch, C]`.
+        p: the exponent (annealed, see `p_schedule`).
+        eps: keeps the gradient of `x^p` finite at 0 for `p < 1`.
+        freq_beta: weight of the frequency term relative to the importance term.
+        ref_tokens: see `frequency_minimality_loss`.
+        global_mean: under data parallelism, maps this rank's frequencies to ones whose value is
+            the mean over ranks (`tl_vpd.distributed.Shard.global_mean_value`), so the frequency term
+            sees the global batch.
 
-    **Returns:** a scalar tensor.
+    Returns:
+        A scalar tensor.
     """
     frequencies = _firing_frequencies(ci_upper, p, eps)
     if global_mean is not None:
@@ -189,66 +193,6 @@ def minimality_loss(
         return importance
     frequency = sum(_frequency_penalty(f, ref_tokens) for f in frequencies.values())
     return importance + freq_beta * frequency
-
-
-def p_schedule(
-    step: int,
-    total_steps: int,
-    p_start: float,
-    p_end: float,
-    start_frac: float = 0.0,
-    end_frac: float = 1.0,
-) -> float:
-    """The minimality exponent `p` at `step`: `p_start` until `start_frac·total_steps`, linear to
-    `p_end` at `end_frac·total_steps`, `p_end` after (VPD paper: 2.0 → 0.4 over the whole run).
-
-    **Arguments:**
-    - `step`: the current step (0-based).
-    - `total_steps`: the length of the run.
-    - `p_start`, `p_end`: the exponent before and after the anneal.
-    - `start_frac`, `end_frac`: where the anneal starts and ends, as fractions of the run.
-
-    **Returns:** `p` as a float.
-    """
-    if total_steps < 1:
-        raise ValueError(f"p_schedule total_steps must be >= 1 (got {total_steps})")
-    if not 0.0 <= start_frac <= end_frac <= 1.0:
-        raise ValueError(
-            f"p_schedule needs 0 <= start_frac <= end_frac <= 1 (got {start_frac}, {end_frac})"
-        )
-    start, end = start_frac * total_steps, end_frac * total_steps
-    if step >= end:
-        return float(p_end)
-    if step <= start:
-        return float(p_start)
-    return float(p_start + (p_end - p_start) * (step - start) / (end - start))
-
-
-def lr_schedule(
-    step: int, total_steps: int, base_lr: float, warmup_steps: int, final_frac: float
-) -> float:
-    """The learning rate at `step`: linear warm-up from 0 to `base_lr` over `warmup_steps`, then
-    cosine decay to `final_frac·base_lr` at `total_steps` (VPD paper: no warm-up, final 10%).
-
-    **Arguments:**
-    - `step`: the current step (0-based); steps past `total_steps` keep the final lr.
-    - `total_steps`: the length of the run.
-    - `base_lr`: the peak learning rate.
-    - `warmup_steps`: length of the linear warm-up (0 = none).
-    - `final_frac`: the final lr as a fraction of `base_lr`.
-
-    **Returns:** the learning rate as a float.
-    """
-    if total_steps < 1 or warmup_steps < 0:
-        raise ValueError(
-            f"lr_schedule needs total_steps >= 1 and warmup_steps >= 0 "
-            f"(got {total_steps}, {warmup_steps})"
-        )
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    final_lr = final_frac * base_lr
-    return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _firing_frequencies(

@@ -3,18 +3,20 @@
 A site is one matrix ``W [d_out, d_in]`` with ``out = in @ W.T + bias`` (the ``nn.Linear``
 convention), plus where its input is read and its output replaced. Backends
 (:mod:`tl_vpd.backends`) find sites on a model; this module holds the model-independent parts:
-the :class:`Site` record and selection by glob pattern.
+the :class:`Site` record, selection by glob pattern, and the per-site subcomponent counts
+(:func:`resolve_C`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Site", "select_sites"]
+__all__ = ["Site", "resolve_C", "select_sites"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +86,54 @@ def select_sites(sites: Sequence[Site], patterns: str | Sequence[str] | None) ->
                 f"{_summarise(names)}"
             )
     return [s for s in sites if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)]
+
+
+def resolve_C(C: int | Mapping[str, int], site_names: Sequence[str]) -> dict[str, int]:
+    """The number of subcomponents of each site.
+
+    Arguments:
+        C: one count for every site, or a mapping of glob patterns (``fnmatch``,
+            case-sensitive; ``*`` also matches dots) to counts. Each site takes the count of the
+            first pattern, in mapping order, that matches it, so put specific patterns before
+            general ones (``{"blocks.*.attn.*": 32, "*": 64}``).
+        site_names: the decomposed sites, e.g. ``["blocks.0.attn.W_Q", ...]``.
+
+    Returns:
+        Site name -> C, in the order of ``site_names``. Raises ``ValueError`` if a site is
+        matched by no pattern, or a pattern is used by no site (it matches nothing, or only
+        sites an earlier pattern already took) — both are almost always typos.
+    """
+    if isinstance(C, bool) or not isinstance(C, (numbers.Integral, Mapping)):
+        raise TypeError(f"C must be an int or a mapping of glob pattern -> int (got {C!r})")
+    if not isinstance(C, Mapping):
+        if C < 1:
+            raise ValueError(f"C must be >= 1 (got {C!r})")
+        return {site: int(C) for site in site_names}
+
+    resolved: dict[str, int] = {}
+    used: set[str] = set()
+    for site in site_names:
+        pattern = next((p for p in C if fnmatch.fnmatchcase(site, p)), None)
+        if pattern is None:
+            raise ValueError(
+                f"site {site!r} is matched by no pattern of C ({list(C)}); add a pattern for it "
+                "or a catch-all '*'"
+            )
+        resolved[site] = int(C[pattern])
+        used.add(pattern)
+    for pattern in C:
+        if pattern in used:
+            continue
+        matches = [s for s in site_names if fnmatch.fnmatchcase(s, pattern)]
+        if not matches:
+            raise ValueError(
+                f"pattern {pattern!r} of C matches no site; available sites: {list(site_names)}"
+            )
+        raise ValueError(
+            f"pattern {pattern!r} of C is shadowed: every site it matches ({matches}) is taken by "
+            "an earlier pattern; put more specific patterns first"
+        )
+    return resolved
 
 
 def _summarise(names: Sequence[str], limit: int = 16) -> str:

@@ -14,7 +14,6 @@ holds everything needed to rebuild the model::
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_vpd._typing import Int
 from tl_vpd.data import TOKENIZER_FILE, check_hub_reachable, iterate_batches, load_tokenizer, save_tokenizer
+from tl_vpd.schedules import lr_schedule
 
 __all__ = [
     "CONFIG_FILE",
@@ -114,11 +114,9 @@ def _config_args(cfg: HookedTransformerConfig) -> dict[str, int]:
 
 
 def _lr_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: float = 0.1) -> float:
-    """Linear warmup to 1, then cosine decay to ``final_fraction`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    """Linear warmup to 1 (non-zero from the first step), then cosine decay to
+    ``final_fraction`` at ``total_steps``: :func:`tl_vpd.schedules.lr_schedule` as a factor."""
+    return lr_schedule(step, total_steps, 1.0, warmup_steps, final_fraction, warmup_offset=1)
 
 
 @torch.no_grad()

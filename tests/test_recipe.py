@@ -1,0 +1,42 @@
+"""The per-step loss recipe: which losses a step yields, in which order, with which share."""
+
+import torch
+
+from tl_vpd import Decomposition, VPDConfig
+from tl_vpd.recipe import step_losses
+from tl_vpd.distributed import Shard
+from model_zoo import make_model, tokens
+
+
+def _yielded(cfg):
+    model = make_model("gpt2")
+    dec = Decomposition.from_spec(model, cfg.spec, config=cfg)
+    batch = tokens()
+    with torch.no_grad():
+        target, inputs = dec.run_target(batch)
+    pre = {k: v.detach().requires_grad_(True) for k, v in dec.ci(inputs).pre.items()}
+    out = []
+    for name, coeff, loss in step_losses(cfg, dec, batch, target, pre, p=1.0, recon_kind="kl",
+                                         generator=torch.Generator().manual_seed(0),
+                                         shard=Shard(), adversary=None):
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        (coeff * loss).backward()  # as the trainer does: each graph freed before the next
+        out.append((name, coeff))
+    return dec, out, pre
+
+
+def test_vpd_recipe_order_and_coefficients():
+    cfg = VPDConfig(C=4, adversary="fresh", pgd_steps=1, n_mask_samples=2)
+    dec, out, pre = _yielded(cfg)
+    assert out == [("faithfulness", cfg.coeff_faithfulness), ("minimality", cfg.coeff_minimality),
+                   ("stochastic", 0.25), ("stochastic", 0.25), ("adversarial", 0.5)]
+    assert all(v.grad is not None for v in pre.values())  # the CI leaf accumulates gradient
+
+
+def test_spd_recipe_has_one_layerwise_loss_per_site():
+    cfg = VPDConfig.preset("spd", C=4)
+    dec, out, _ = _yielded(cfg)
+    names = [n for n, _ in out]
+    assert names[:3] == ["faithfulness", "minimality", "stochastic"]
+    assert names[3:] == ["layerwise"] * len(dec.sites)
+    assert all(c == 1.0 / len(dec.sites) for n, c in out if n == "layerwise")

@@ -1,0 +1,73 @@
+"""End-to-end training on a tiny random HookedTransformer."""
+
+import pytest
+import torch
+
+import tl_vpd
+from tl_vpd import VPDConfig
+from model_zoo import make_model
+
+
+def corpus(n=64, seq=12, seed=0):
+    return torch.randint(0, 50, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+def small_cfg(**kw):
+    base = dict(C=48, steps=80, batch_size=8, seq_len=12, log_every=10, progress=False,
+                faithfulness_warmup_steps=100, coeff_minimality=1e-3, ppgd_inner_steps=1)
+    base.update(kw)
+    return VPDConfig(**base)
+
+def test_training_reduces_loss_and_l0():
+    model = make_model("gpt2")  # d_model 32: C=48 >= rank, so U V can equal W
+    dec = tl_vpd.decompose(model, small_cfg(p_start=1.0, p_end=1.0), corpus())
+    h = [m for m in dec.history if "stochastic" in m]
+    assert h[-1]["faithfulness"] < 1e-6  # U V ≈ W
+    assert h[-1]["l0"] < 0.6 * h[0]["l0"]  # causal importances sparsify
+    assert h[-1]["minimality"] < h[0]["minimality"]
+    # Without an adversary (whose attack strengthens as it trains) the total objective falls.
+    cfg = small_cfg(adversary="none", coeff_adversarial=0.0, p_start=1.0, p_end=1.0)
+    h = [m for m in tl_vpd.decompose(model, cfg, corpus()).history if "stochastic" in m]
+    total = lambda m: 0.5 * m["stochastic"] + 1e-3 * m["minimality"] + 1e7 * m["faithfulness"]
+    assert total(h[-1]) < 0.8 * total(h[0])
+    toks = corpus(4, seed=1)
+    ci = dec.causal_importance(toks)
+    for site, g in ci.items():
+        assert (g > 0).float().sum(-1).mean() < 48, site  # L0 below C at every site
+    # unmasked (ones, Δ on) still equals the target exactly after training
+    ones = {n: torch.ones(*toks.shape, c.C) for n, c in dec.components.items()}
+    assert (dec.run_masked(toks, ones) - model(toks)).abs().max() < 1e-5
+
+@pytest.mark.parametrize("adversary", ["fresh", "none"])
+def test_other_adversaries_and_spd_preset(adversary):
+    model = make_model("llama")
+    cfg = small_cfg(steps=6, adversary=adversary, pgd_steps=2,
+                    coeff_adversarial=0.5 if adversary != "none" else 0.0)
+    dec = tl_vpd.decompose(model, cfg, corpus())
+    assert len(dec.sites) == 14
+    spd = VPDConfig.preset("spd", C=8, steps=4, batch_size=4, seq_len=12, progress=False, log_every=1)
+    dec = tl_vpd.decompose(model, spd, corpus())
+    assert "layerwise" in dec.history[-1] and "adversarial" not in dec.history[-1]
+
+def test_deterministic():
+    model = make_model("gpt2")
+    cfg = small_cfg(steps=5, log_every=1, faithfulness_warmup_steps=3)
+    a = tl_vpd.decompose(model, cfg, corpus())
+    b = tl_vpd.decompose(model, cfg, corpus())
+    assert a.history == b.history
+    assert all(torch.equal(a.components[n].U, b.components[n].U) for n in a.sites)
+
+def test_nan_loss_stops_with_last_good_state():
+    model = make_model("gpt2")
+    cfg = small_cfg(steps=10, faithfulness_warmup_steps=0)
+    poisoned = {"done": False}
+
+    def poison(step, metrics, dec):
+        if step == 3 and not poisoned["done"]:
+            poisoned["done"] = True
+            with torch.no_grad():
+                dec.components["blocks.0.attn.W_Q"].W[0, 0] = float("nan")  # corrupt the target copy
+
+    with pytest.raises(tl_vpd.NonFiniteLossError, match="faithfulness.*step 3") as err:
+        tl_vpd.decompose(model, cfg.replace(log_every=1), corpus(), callbacks=[poison])
+    dec = err.value.decomposition
+    assert all(torch.isfinite(c.U).all() and torch.isfinite(c.V).all() for c in dec.components.values())
