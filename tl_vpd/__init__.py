@@ -8,14 +8,17 @@ __version__ = "0.1.0"
 
 from tl_vpd.components import SiteComponents
 from tl_vpd.config import VPDConfig
-from tl_vpd.decompose import NonFiniteLossError, Trainer, decompose
+from tl_vpd.decompose import decompose
 from tl_vpd.decomposition import CIResult, Decomposition
 from tl_vpd.io import load
 from tl_vpd.sites import Site
+from tl_vpd.spec import DecompositionSpec
+from tl_vpd.trainer import NonFiniteLossError, Trainer
 
 __all__ = [
     "CIResult",
     "Decomposition",
+    "DecompositionSpec",
     "NonFiniteLossError",
     "Site",
     "SiteComponents",

@@ -40,9 +40,12 @@ class CIResult:
 class Decomposition(nn.Module):
     """Rank-1 subcomponents ``U``, ``V`` for each site of a target model, and a CI function.
 
-    Build one with :meth:`from_model` (untrained) or :func:`tl_vpd.decompose` (trained).
+    Build one with :meth:`from_model` or :meth:`from_spec` (untrained) or
+    :func:`tl_vpd.decompose` (trained).
 
     Attributes:
+        spec: the :class:`~tl_vpd.spec.DecompositionSpec` it was built from (resolved site names).
+        config: the :class:`~tl_vpd.VPDConfig` it is trained with (``None`` when built by hand).
         sites: decomposed site names, in forward order.
         components: ``{site: SiteComponents}`` with ``.U [d_out, C]``, ``.V [C, d_in]``,
             ``.delta [d_out, d_in]``.
