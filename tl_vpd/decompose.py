@@ -379,9 +379,7 @@ class Trainer:
                 raise FileNotFoundError(f"no checkpoint to resume from in {self.run_dir / CHECKPOINT_DIR}")
             path = ckpts[-1]
         path = Path(path)
-        from tl_vpd.io import load
-
-        loaded = load(path, self.model)
+        loaded = Decomposition.load(path, self.model)
         self.dec.load_state_dict(loaded.state_dict())
         state = torch.load(path / TRAINER_STATE_FILE, weights_only=True)
         self.step = state["step"]
