@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from tl_vpd.cli import main
+from tl_vpd.cli import _eval_kw, _parser, main
+from tl_vpd.pipeline import DEFAULT_EVAL, QUICK_EVAL
 from tl_vpd.report import EvalReport
 
 TINY_TARGET = {
@@ -119,3 +120,10 @@ def test_main_quick_end_to_end(tmp_path, capsys):
     ce = {r["mode"]: r["ce"] for r in report.recon}
     assert ce["target"] <= ce["unmasked"] + 1e-3 < ce["zero-ablated"]
     assert "timings:" in capsys.readouterr().out
+
+
+def test_eval_options_override_the_quick_defaults():
+    args = _parser().parse_args(["evaluate", "--run", "R", "--quick", "--pgd-steps", "2,3",
+                                 "--seed", "4"])
+    assert _eval_kw(args) == {**QUICK_EVAL, "pgd_steps": (2, 3), "seed": 4}
+    assert _eval_kw(_parser().parse_args(["main"])) == DEFAULT_EVAL

@@ -2,7 +2,7 @@
 
 The VPD paper decomposes a 4-layer LLaMA-style model; this is the same architecture scaled down
 so it trains on 2 CPU cores: RMSNorm, rotary embeddings, a non-gated GELU MLP. A run directory
-holds everything needed to rebuild the model::
+holds everything needed to rebuild the model (file names: :mod:`tl_vpd.layout`)::
 
     run_dir/config.json              arguments of target_config
     run_dir/model.safetensors        final weights

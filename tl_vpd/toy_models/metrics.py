@@ -177,7 +177,7 @@ def dense_ci_error(ci: Float[torch.Tensor, "n C"], k: int, tolerance: float = 0.
 
 
 @torch.no_grad()
-def single_ablation_errors(dec: Decomposition, inputs: torch.Tensor) -> dict[str, Float[torch.Tensor, " C"]]:
+def single_ablation_errors(dec: Decomposition, inputs: Float[torch.Tensor, "batch ..."]) -> dict[str, Float[torch.Tensor, " C"]]:
     """Worst output change from ablating one subcomponent alone as far as its CI allows.
 
     For each site and subcomponent ``c``: masks 1 everywhere except ``m_c = g_c`` (the most a
