@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from tl_vpd import metrics as M
+from tl_vpd.toy_models import metrics as M
 from tl_vpd.evaluate import pgd_recon
 from tl_vpd.toy_models import (
     CancellationData,

@@ -1,21 +1,18 @@
-"""The ``tl-vpd`` command line end to end on a tiny target; the real ``--quick`` run is slow."""
+"""The ``tl-vpd`` command line end to end on a tiny target; the real ``--quick`` run is slow.
+(The stages and their configs without training: test_pipeline.py.)"""
 
 import contextlib
-import filecmp
 import io
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-import tl_vpd
-from tl_vpd.cli import main, packaged_config, read_target_config
-from tl_vpd.evaluate import EvalReport
+from tl_vpd.cli import _eval_kw, _parser, main
+from tl_vpd.pipeline import DEFAULT_EVAL, QUICK_EVAL
+from tl_vpd.report import EvalReport
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CONFIG_NAMES = ["target.yaml", "quick_target.yaml", "vpd.yaml", "quick_vpd.yaml"]
 TINY_TARGET = {
     "corpus": {"seq_len": 32, "vocab_size": 320, "max_bytes": 300_000},
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "seed": 0},
@@ -54,27 +51,6 @@ def pipeline(tiny_configs, tmp_path_factory):
                    "--vpd-config", str(tiny_configs[1]), *TINY_EVAL])
     assert rc == 0
     return out, buf.getvalue()
-
-
-@pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_packaged_configs_are_valid_and_match_the_repo_copies(name):
-    path = packaged_config(name)
-    if "target" in name:
-        cfg = read_target_config(path)
-        assert cfg["corpus"]["seq_len"] >= 1 and cfg["train"]["steps"] >= 1
-    else:
-        tl_vpd.VPDConfig.from_file(path)
-    assert filecmp.cmp(path, REPO_CONFIGS / name, shallow=False), f"configs/{name} drifted"
-
-
-def test_target_config_rejects_unknown_keys(tmp_path):
-    bad = tmp_path / "t.yaml"
-    bad.write_text(yaml.safe_dump({**TINY_TARGET, "train": {"stpes": 3}}))
-    with pytest.raises(ValueError, match="stpes"):
-        read_target_config(bad)
-    bad.write_text(yaml.safe_dump({"optimizer": {}}))
-    with pytest.raises(ValueError, match="sections"):
-        read_target_config(bad)
 
 
 def test_main_runs_every_stage_and_saves_the_report(pipeline):
@@ -144,3 +120,10 @@ def test_main_quick_end_to_end(tmp_path, capsys):
     ce = {r["mode"]: r["ce"] for r in report.recon}
     assert ce["target"] <= ce["unmasked"] + 1e-3 < ce["zero-ablated"]
     assert "timings:" in capsys.readouterr().out
+
+
+def test_eval_options_override_the_quick_defaults():
+    args = _parser().parse_args(["evaluate", "--run", "R", "--quick", "--pgd-steps", "2,3",
+                                 "--seed", "4"])
+    assert _eval_kw(args) == {**QUICK_EVAL, "pgd_steps": (2, 3), "seed": 4}
+    assert _eval_kw(_parser().parse_args(["main"])) == DEFAULT_EVAL

@@ -4,13 +4,12 @@
 >>> dec.causal_importance(tokens[:4])   # {site: [batch, pos, C]}
 """
 
-__version__ = "0.1.0"
+from tl_vpd._version import __version__
 
 from tl_vpd.components import SiteComponents
 from tl_vpd.config import VPDConfig
 from tl_vpd.decompose import decompose
-from tl_vpd.decomposition import CIResult, Decomposition
-from tl_vpd.io import load
+from tl_vpd.decomposition import CIResult, Decomposition, load
 from tl_vpd.sites import Site
 from tl_vpd.spec import DecompositionSpec
 from tl_vpd.trainer import NonFiniteLossError, Trainer

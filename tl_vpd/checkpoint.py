@@ -24,7 +24,6 @@ from torch import nn
 from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import Shard
-from tl_vpd.io import load
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -115,7 +114,7 @@ def load_checkpoint(path: Path, model: nn.Module, shard: Shard
         ``(decomposition, trainer_state, rank_state)``; ``rank_state`` is ``None`` when this
         rank saved none.
     """
-    dec = load(path, model)
+    dec = Decomposition.load(path, model)
     state = torch.load(path / TRAINER_STATE_FILE, weights_only=True)
     own = adversary_file(path, shard.rank)
     rank_state = torch.load(own, weights_only=True) if own.exists() else None

@@ -1,4 +1,5 @@
-"""Turning the ``data`` argument of :func:`tl_vpd.decompose` into a resumable stream of batches.
+"""The one data adapter: turns the ``data`` argument of :func:`tl_vpd.decompose` (and of
+evaluation and target training) into a resumable stream of batches.
 
 ``data`` may be an int tensor ``[n, seq]`` of token ids, an iterable of such batches, a
 ``datasets.Dataset`` with an ``input_ids`` or ``tokens`` column, or (toy models) a callable
@@ -10,31 +11,51 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 
-__all__ = ["DataStream"]
+__all__ = ["SHUFFLES", "DataStream"]
+
+# How tensor data is reshuffled each epoch:
+# "per_epoch": a permutation seeded by (seed, epoch), so (epoch, index) is the whole state and a
+#   resumed run sees the same batches (the decomposition's training stream);
+# "chained": one generator seeded by ``seed`` draws every epoch's permutation in turn (the target
+#   training's order since its first version; kept so trained targets do not change).
+SHUFFLES = ("per_epoch", "chained")
 
 
 class DataStream:
     """Batches of ``batch_size`` examples; token sequences are cropped to ``seq_len``.
 
-    Tensor data is shuffled once per epoch with a permutation seeded by ``(seed, epoch)``, so the
-    stream's position (epoch, index) is its whole state and a resumed run sees the same batches.
+    Arguments:
+        data: the data, in any form listed in the module docstring.
+        batch_size: examples per batch.
+        seq_len: crop token sequences to this length (``None``: keep them).
+        seed: seeds the shuffling of tensor data and the generator handed to callable data.
+        n_ctx: if given, token sequences longer than this raise.
+        d_vocab: if given, token ids outside ``[0, d_vocab)`` raise.
+        shuffle: ``"per_epoch"`` or ``"chained"`` (see ``SHUFFLES`` above).
+        drop_last: skip each epoch's final incomplete batch of tensor data (else yield it).
     """
 
     def __init__(self, data, batch_size: int, seq_len: int | None, seed: int = 0,
-                 n_ctx: int | None = None, d_vocab: int | None = None):
+                 n_ctx: int | None = None, d_vocab: int | None = None, *,
+                 shuffle: str = "per_epoch", drop_last: bool = True):
+        if shuffle not in SHUFFLES:
+            raise ValueError(f"shuffle must be one of {SHUFFLES}, got {shuffle!r}")
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.n_ctx, self.d_vocab = n_ctx, d_vocab
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.tokens: torch.Tensor | None = None
         self.fn: Callable | None = None
         self.iterable: Iterable | None = None
         self.epoch, self.index = 0, 0
         self.generator = torch.Generator().manual_seed(seed + 7919)
+        self._order = torch.Generator().manual_seed(seed)  # the "chained" permutations
         if hasattr(data, "column_names") and not torch.is_tensor(data):
             data = _from_hf_dataset(data)
         if torch.is_tensor(data):
             self.tokens = self._check_tokens(data, "data")
-            if self.tokens.shape[0] < batch_size:
+            if drop_last and self.tokens.shape[0] < batch_size:
                 raise ValueError(f"data has {self.tokens.shape[0]} sequences, fewer than "
                                  f"batch_size={batch_size}")
             self._perm = self._permutation()
@@ -49,6 +70,29 @@ class DataStream:
                 f"data must be an int tensor [n, seq], an iterable of such batches, a datasets."
                 f"Dataset with an 'input_ids' or 'tokens' column, or a callable; got {type(data).__name__}"
             )
+
+    @classmethod
+    def for_model(cls, data, model: nn.Module, batch_size: int, seq_len: int | None = None,
+                  seed: int = 0, **kwargs) -> DataStream:
+        """A stream checked against ``model``: ``n_ctx`` and ``d_vocab`` come from its
+        TransformerLens-style ``cfg`` (models without one, e.g. the toys, get no token checks).
+
+        Arguments:
+            seq_len: crop length; ``None`` means the model's ``n_ctx``.
+            **kwargs: ``shuffle``, ``drop_last`` (see the class).
+        """
+        mcfg = getattr(model, "cfg", None)
+        n_ctx, d_vocab = getattr(mcfg, "n_ctx", None), getattr(mcfg, "d_vocab", None)
+        return cls(data, batch_size, seq_len or n_ctx, seed=seed, n_ctx=n_ctx, d_vocab=d_vocab,
+                   **kwargs)
+
+    @property
+    def batches_per_epoch(self) -> int | None:
+        """Batches in one pass over tensor data (``None`` for other data)."""
+        if self.tokens is None:
+            return None
+        n = self.tokens.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _check_tokens(self, t, what: str) -> torch.Tensor:
         if t is None:
@@ -70,12 +114,19 @@ class DataStream:
         return t.long()
 
     def _permutation(self) -> torch.Tensor:
+        n = self.tokens.shape[0]
+        if self.shuffle == "chained":
+            self._order_state = self._order.get_state()  # restores this epoch's draw on resume
+            return torch.randperm(n, generator=self._order)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.tokens.shape[0], generator=g)
+        return torch.randperm(n, generator=g)
 
     def next(self):
+        """The next batch (tensor data wraps around into a new, reshuffled epoch)."""
         if self.tokens is not None:
-            if self.index + self.batch_size > self.tokens.shape[0]:
+            n = self.tokens.shape[0]
+            end = self.index + self.batch_size if self.drop_last else self.index + 1
+            if end > n:
                 self.epoch, self.index = self.epoch + 1, 0
                 self._perm = self._permutation()
             idx = self._perm[self.index: self.index + self.batch_size]
@@ -93,15 +144,22 @@ class DataStream:
         return self._check_tokens(batch, "a batch of data")
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "generator": self.generator.get_state()}
+        """The stream's position, for checkpoints."""
+        state = {"epoch": self.epoch, "index": self.index, "generator": self.generator.get_state()}
+        if self.shuffle == "chained" and self.tokens is not None:
+            state["order"] = self._order_state
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at a position saved by :meth:`state_dict`."""
         if self.iterable is not None:
             raise ValueError("cannot resume a run whose data is a plain iterable; pass a token "
                              "tensor or a dataset so the stream position can be restored")
         self.epoch, self.index = state["epoch"], state["index"]
         self.generator.set_state(state["generator"])
         if self.tokens is not None:
+            if self.shuffle == "chained":
+                self._order.set_state(state["order"])
             self._perm = self._permutation()
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from tl_vpd import io
 from tl_vpd._typing import Float, Num
+from tl_vpd._version import __version__
 from tl_vpd.backends import Backend, get_backend
 from tl_vpd.components import SiteComponents
 from tl_vpd.config import VPDConfig
@@ -22,7 +25,7 @@ from tl_vpd.importance import CausalImportance, build_ci_fn, lower_leaky_sigmoid
 from tl_vpd.sites import Site, resolve_C, select_sites
 from tl_vpd.spec import SPEC_DEFAULTS, DecompositionSpec
 
-__all__ = ["CIResult", "Decomposition"]
+__all__ = ["CIResult", "Decomposition", "load"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -312,13 +315,54 @@ class Decomposition(nn.Module):
 
         return attribution_graph(self, tokens, target, **kwargs)
 
-    # ------------------------------------------------------------- persistence / display
-    def save(self, path) -> None:
-        """Save to a directory (safetensors + JSON); see :func:`tl_vpd.load`."""
-        from tl_vpd.io import save
+    # ------------------------------------------------------------- persistence (format: tl_vpd.io)
+    def save(self, path: str | Path) -> Path:
+        """Save to the directory ``path`` (safetensors + JSON, see :mod:`tl_vpd.io`); reload with
+        :meth:`load` / :func:`tl_vpd.load`.
 
-        save(self, path)
+        Returns:
+            ``path``.
+        """
+        comps = self.components
+        meta = {
+            "tl_vpd_version": __version__,
+            "backend": self.backend.name,
+            "target_type": type(self.model).__name__,
+            "spec": self.spec.to_dict(),
+            "site_shapes": {n: [c.d_out, c.d_in, c.C] for n, c in comps.items()},
+            "fingerprint": io.fingerprint({n: self.target_weight(n) for n in self.sites}),
+            "config": None if self.config is None else self.config.to_dict(),
+        }
+        return io.write_decomposition(path, meta, {n: (c.U, c.V) for n, c in comps.items()},
+                                      self.ci_fn.state_dict())
 
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> Decomposition:
+        """Restore a decomposition saved with :meth:`save` onto its target ``model``.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a saved decomposition.
+            ValueError: ``model`` is not the target it was trained on (different sites, shapes or
+                weights).
+        """
+        meta = io.read_metadata(path)
+        spec = dict(meta["spec"])
+        sites = spec.pop("sites")
+        dec = cls.from_model(model, sites=sites, **spec)
+        if dec.sites != sites:
+            raise ValueError(f"the model's sites {dec.sites} differ from the saved ones {sites}")
+        io.check_fingerprint(meta["fingerprint"],
+                             io.fingerprint({n: dec.target_weight(n) for n in dec.sites}))
+        with torch.no_grad():
+            for name, (U, V) in io.read_components(path, dec.sites).items():
+                dec.components[name].U.copy_(U)
+                dec.components[name].V.copy_(V)
+        dec.ci_fn.load_state_dict(io.read_ci_state(path))
+        if meta.get("config") is not None:
+            dec.config = VPDConfig.from_dict(meta["config"])
+        return dec
+
+    # ------------------------------------------------------------- display
     def __repr__(self) -> str:
         comps = self.components
         total = sum(c.C for c in comps.values())
@@ -335,3 +379,8 @@ class Decomposition(nn.Module):
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
+
+
+def load(path: str | Path, model: nn.Module) -> Decomposition:
+    """``tl_vpd.load``: :meth:`Decomposition.load`."""
+    return Decomposition.load(path, model)

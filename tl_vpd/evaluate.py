@@ -1,7 +1,8 @@
 """Evaluation of a decomposition: L0, reconstruction under masking modes, adversarial KL.
 
-:func:`evaluate` measures what the VPD paper reports (digest §8) and returns an
-:class:`EvalReport`; :func:`quick_eval` is what the training loop logs every ``eval_every`` steps.
+:func:`evaluate` measures what the VPD paper reports for its language model (L0, CE/KL under
+masking, adversarial KL) and returns a :class:`~tl_vpd.report.EvalReport` (rendering and JSON
+live there); :func:`quick_eval` is what the training loop logs every ``eval_every`` steps.
 
 Masking modes of the reconstruction table (Δ is excluded — its mask is 0 — in every mode but the
 last, as in the paper):
@@ -18,39 +19,57 @@ last, as in the paper):
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from tl_vpd._typing import Float
 from tl_vpd.adversary import fresh_pgd, init_sources
+from tl_vpd.data_stream import DataStream
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import masks_from_sources, sample_sources
-from tl_vpd.tables import html_table, text_table
+from tl_vpd.report import ALIVE_THRESHOLD, EvalReport
 
-__all__ = ["EvalReport", "compute_recovered", "evaluate", "l0_per_site",
-           "pgd_recon", "quick_eval"]
+if TYPE_CHECKING:
+    from tl_vpd.config import VPDConfig
+    from tl_vpd.decomposition import Decomposition
+
+__all__ = ["compute_recovered", "evaluate", "l0_per_site", "pgd_recon", "quick_eval"]
 
 ROUNDING_THRESHOLDS = (0.0, 0.1, 0.5)  # VPD paper: rounded-CI masks
-ALIVE_THRESHOLD = 1e-6  # VPD paper: a subcomponent is alive if its mean CI exceeds this
 TARGET, UNMASKED, ZERO, DELTA_ON = "target", "unmasked", "zero-ablated", "unmasked, Δ on"
 
 
-def l0_per_site(ci: Mapping[str, torch.Tensor], threshold: float = 0.0) -> dict[str, float]:
+def l0_per_site(ci: Mapping[str, Float[torch.Tensor, "... C"]], threshold: float = 0.0
+                ) -> dict[str, float]:
     """Mean number of subcomponents with ``g > threshold`` per token, per site."""
     return {k: (g > threshold).float().sum(-1).mean().item() for k, g in ci.items()}
 
 
-def pgd_recon(dec, batch, target, ci, n_steps: int, step_size: float | None = None,
-              scope: str = "shared", kind: str = "kl", init: str = "random",
-              generator: torch.Generator | None = None) -> float:
+def pgd_recon(dec: Decomposition, batch: torch.Tensor, target: Float[torch.Tensor, "..."],
+              ci: Mapping[str, Float[torch.Tensor, "... C"]], n_steps: int,
+              step_size: float | None = None, scope: str = "shared", kind: str = "kl",
+              init: str = "random", generator: torch.Generator | None = None) -> float:
     """Reconstruction loss under a fresh PGD attack (sources shared across the batch by default,
-    the VPD paper's evaluation adversary). ``step_size`` defaults to ``2 / n_steps`` (the
-    paper's heuristic ``n · lr ≈ 2``)."""
+    the VPD paper's evaluation adversary).
+
+    Arguments:
+        dec: the decomposition.
+        batch: the input batch (tokens, or toy inputs).
+        target: the target's output on ``batch``.
+        ci: causal importances on ``batch`` (detached here).
+        n_steps: PGD steps.
+        step_size: defaults to ``2 / n_steps`` (the paper's heuristic ``n · lr ≈ 2``).
+        scope, init: the sources' scope and initialisation (:func:`tl_vpd.adversary.init_sources`).
+        kind: ``"kl"`` or ``"mse"`` reconstruction loss.
+        generator: seeds a random initialisation.
+
+    Returns:
+        The loss under the attack's final sources.
+    """
     step_size = 2.0 / max(n_steps, 1) if step_size is None else step_size
     ci = {k: v.detach() for k, v in ci.items()}
 
@@ -64,7 +83,7 @@ def pgd_recon(dec, batch, target, ci, n_steps: int, step_size: float | None = No
         return loss_fn(sources).item()
 
 
-def quick_eval(dec, data, cfg, kind: str) -> dict[str, float]:
+def quick_eval(dec: Decomposition, data, cfg: VPDConfig, kind: str) -> dict[str, float]:
     """L0 (total), stochastic and adversarial reconstruction on a few batches of ``data``."""
     gen = torch.Generator().manual_seed(cfg.seed + 999)
     totals = {"l0": 0.0, "stochastic": 0.0, "adversarial": 0.0}
@@ -81,115 +100,6 @@ def quick_eval(dec, data, cfg, kind: str) -> dict[str, float]:
         totals["adversarial"] += pgd_recon(dec, batch, target, ci, cfg.eval_pgd_steps, kind=kind,
                                            generator=gen)
     return {k: v / len(batches) for k, v in totals.items()}
-
-
-# ---------------------------------------------------------------------------------- the report
-@dataclass
-class EvalReport:
-    """Everything :func:`evaluate` measures, as plain JSON-safe tables (lists of dicts).
-
-    Attributes:
-        metric: ``"ce"`` for language models (next-token CE and per-token KL to the target) or
-            ``"mse"`` for toy models (MSE to the target's output).
-        recon: one row per masking mode (see the module docstring): ``mode`` and, for LMs,
-            ``ce``, ``kl``, ``ce_recovered`` (``1 − (CE − CE_target)/(CE_zero − CE_target)``) and
-            ``compute_recovered`` (fraction of the target's pretraining tokens at which its
-            curve reaches this CE; ``None`` without a curve); for toy models ``mse`` and
-            ``mse_recovered``.
-        sites: per site: ``site``, ``layer``, ``C``, ``l0`` (mean #subcomponents with CI > 0 per
-            token), ``alive`` (mean CI > 1e-6), ``fired`` (CI > 0 on at least one token),
-            ``l0_per_alive``.
-        layers: the same summed per layer (``layer`` is ``None`` for sites outside blocks).
-        total: the same summed over all sites.
-        adversarial: per PGD step count: ``pgd_steps`` and ``kl`` (``mse`` for toy models) under
-            fresh PGD with sources shared across the batch, step size ``2/n``.
-        zero_ablated: KL (MSE) with every decomposed matrix zero-ablated, the reference for the
-            adversarial numbers.
-        n_tokens: tokens (toy: examples) the L0 and alive counts are measured on.
-        settings: how it was measured (batches, batch size, sequence length, seed, ...).
-    """
-
-    metric: str
-    recon: list[dict]
-    sites: list[dict]
-    layers: list[dict]
-    total: dict
-    adversarial: list[dict]
-    zero_ablated: float
-    n_tokens: int
-    settings: dict = field(default_factory=dict)
-
-    def row(self, mode: str) -> dict:
-        """The reconstruction row of one masking mode, e.g. ``report.row("unmasked")["ce"]``."""
-        for r in self.recon:
-            if r["mode"] == mode:
-                return r
-        raise KeyError(f"no masking mode {mode!r}; modes: {[r['mode'] for r in self.recon]}")
-
-    # ------------------------------------------------------------ persistence
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> EvalReport:
-        return cls(**d)
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
-        return path
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> EvalReport:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    # ------------------------------------------------------------ display
-    def _tables(self) -> list[tuple[str, list[tuple[str, str]], list[dict]]]:
-        """(title, [(key, header)], rows) of every table, shared by the text and HTML views."""
-        if self.metric == "ce":
-            recon_cols = [("mode", "mode"), ("ce", "CE"), ("kl", "KL(target‖·)"),
-                          ("ce_recovered", "CE recovered"),
-                          ("compute_recovered", "compute recovered")]
-            adv_key = "kl"
-        else:
-            recon_cols = [("mode", "mode"), ("mse", "MSE"), ("mse_recovered", "MSE recovered")]
-            adv_key = "mse"
-        unit = "tokens" if self.metric == "ce" else "examples"
-        alive_cols = [("C", "C"), ("l0", "L0"), ("alive", "alive"), ("fired", "fired"),
-                      ("l0_per_alive", "L0/alive")]
-        adv_rows = [{"attack": f"PGD {r['pgd_steps']} steps", adv_key: r[adv_key]}
-                    for r in self.adversarial]
-        adv_rows.append({"attack": "zero-ablated", adv_key: self.zero_ablated})
-        n_pgd = self.settings.get("pgd_batches")
-        return [
-            ("Reconstruction (Δ excluded except in the last row)", recon_cols, self.recon),
-            (f"L0 (CI > 0) and alive subcomponents per layer: alive = mean CI > "
-             f"{ALIVE_THRESHOLD:g}, fired = CI > 0 at least once in {self.n_tokens:,} {unit}",
-             [("layer", "layer")] + alive_cols, self.layers + [{"layer": "total", **self.total}]),
-            ("Per site", [("site", "site")] + alive_cols, self.sites),
-            (f"Adversarial {adv_key.upper()} (fresh PGD on {n_pgd} batch(es), sources shared "
-             "across the batch, step size 2/n)",
-             [("attack", "attack"), (adv_key, adv_key.upper())], adv_rows),
-        ]
-
-    def _header(self) -> str:
-        s = self.settings
-        shape = " × ".join(str(s[k]) for k in ("n_batches", "batch_size", "seq_len") if s.get(k))
-        unit = "tokens" if self.metric == "ce" else "examples"
-        return f"EvalReport ({self.metric}): {shape} = {self.n_tokens:,} {unit}"
-
-    def __repr__(self) -> str:
-        parts = [self._header()]
-        for title, cols, rows in self._tables():
-            parts += ["", title, text_table(cols, rows)]
-        return "\n".join(parts)
-
-    def _repr_html_(self) -> str:
-        parts = [f"<b>{html.escape(self._header())}</b>"]
-        for title, cols, rows in self._tables():
-            parts.append(f"<p><i>{html.escape(title)}</i></p>{html_table(cols, rows)}")
-        return "<div>" + "\n".join(parts) + "</div>"
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -269,17 +179,13 @@ def _measure(metric: str, batch, target: torch.Tensor, out: torch.Tensor, sums: 
     sums.add("kl", kl.sum().item(), kl.numel())
 
 
-def _batches(dec, data, n_batches: int, batch_size: int, seed: int,
+def _batches(dec: Decomposition, data, n_batches: int, batch_size: int, seed: int,
              seq_len: int | None = None) -> list:
     """Up to ``n_batches`` evaluation batches from ``data`` (tokens cropped to ``seq_len``,
     default the model's context), validated like training data."""
-    from tl_vpd.data_stream import DataStream
-
-    mcfg = getattr(dec.model, "cfg", None) if _is_lm(dec) else None
     if torch.is_tensor(data):
         batch_size = min(batch_size, data.shape[0])
-    stream = DataStream(data, batch_size, seq_len or getattr(mcfg, "n_ctx", None), seed=seed,
-                        n_ctx=getattr(mcfg, "n_ctx", None), d_vocab=getattr(mcfg, "d_vocab", None))
+    stream = DataStream.for_model(data, dec.model, batch_size, seq_len, seed)
     if stream.tokens is not None:
         n_batches = min(n_batches, stream.tokens.shape[0] // batch_size)
     return [stream.next() for _ in range(n_batches)]
@@ -290,7 +196,7 @@ def _is_lm(dec) -> bool:
 
 
 def evaluate(
-    dec,
+    dec: Decomposition,
     data,
     *,
     n_batches: int = 8,
@@ -320,8 +226,6 @@ def evaluate(
     Returns:
         The :class:`EvalReport`.
     """
-    from tqdm.auto import tqdm
-
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if any(int(n) < 1 for n in pgd_steps):

@@ -2,7 +2,7 @@
 
 The VPD paper decomposes a 4-layer LLaMA-style model; this is the same architecture scaled down
 so it trains on 2 CPU cores: RMSNorm, rotary embeddings, a non-gated GELU MLP. A run directory
-holds everything needed to rebuild the model::
+holds everything needed to rebuild the model (file names: :mod:`tl_vpd.layout`)::
 
     run_dir/config.json              arguments of target_config
     run_dir/model.safetensors        final weights
@@ -25,7 +25,16 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_vpd._typing import Int
-from tl_vpd.data import TOKENIZER_FILE, check_hub_reachable, iterate_batches, load_tokenizer, save_tokenizer
+from tl_vpd.data.blocks import iterate_batches
+from tl_vpd.data.corpus import check_hub_reachable
+from tl_vpd.data.tokenizer import load_tokenizer, save_tokenizer
+from tl_vpd.layout import (
+    CHECKPOINT_DIR,
+    TARGET_CONFIG_FILE,
+    TARGET_CURVE_FILE,
+    TARGET_MODEL_FILE,
+    TOKENIZER_FILE,
+)
 from tl_vpd.schedules import lr_schedule
 
 __all__ = [
@@ -39,10 +48,7 @@ __all__ = [
     "train_target",
 ]
 
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-CURVE_FILE = "curve.json"
-CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE, MODEL_FILE, CURVE_FILE = TARGET_CONFIG_FILE, TARGET_MODEL_FILE, TARGET_CURVE_FILE
 
 # The arguments of target_config that config.json stores; everything else follows from them.
 _CONFIG_ARGS = ("d_vocab", "d_model", "n_layers", "n_heads", "d_mlp", "n_ctx", "seed")

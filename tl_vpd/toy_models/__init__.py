@@ -1,4 +1,5 @@
-"""Toy targets with known ground truth (SPD paper §3) and the cancellation toy (seed 000).
+"""Toy targets with known ground truth (SPD paper §3) and the cancellation toy (a test of the
+masking criterion: mechanisms that cancel on every input).
 
 Every target is a ``transformer_lens.hook_points.HookedRootModule`` with a hook point on each
 side of each decomposed matrix and a ``vpd_sites()`` method, so it goes through exactly the

@@ -1,4 +1,5 @@
-"""The cancellation toy: mechanisms that cancel on every input (seed 000, Part 2).
+"""The cancellation toy: mechanisms that cancel on every input, which a stochastic-only loss can
+mark unimportant while an adversarial one keeps them (derivation below).
 
 One linear site ``linear`` computes ``out = W x`` with inputs ``x = [a_1..a_P, f_1..f_F]`` and
 outputs ``out = [y, o_1..o_F]``:
@@ -46,14 +47,14 @@ from tl_vpd.decomposition import Decomposition
 __all__ = ["CancellationData", "CancellationToy", "decompose_cancellation", "ground_truth_components",
            "pair_indices"]
 
-MECHANISM_SCALE = 3.0  # seed 000, Part 2: the pair writes +3 and −3
+MECHANISM_SCALE = 3.0  # the pair writes +3 and −3: big enough that ablating one is obvious
 
 
 class CancellationToy(HookedRootModule):
     """The target: ``out = W x`` through the hook points ``linear.hook_in`` → ``linear.hook_out``.
 
     Arguments:
-        n_pairs: number of cancelling pairs (the seed's example has 1).
+        n_pairs: number of cancelling pairs (the minimal example has 1).
         n_features: number of ordinary sparse feature mechanisms (the control).
     """
 

@@ -1,8 +1,10 @@
-"""Language-model data: a corpus that needs no download, a BPE tokenizer, token blocks, batches.
+"""Corpora that need no download (the installed standard library's source, local text files)
+and, as an optional extra, Hugging Face datasets; :func:`default_corpus` tokenizes one into an
+:class:`LMCorpus`.
 
 The default corpus is the source of the installed Python standard library, so every machine that
-runs this library can build it offline. Hugging Face datasets are supported as an optional extra
-and fail fast when the hub cannot be reached.
+runs this library can build it offline. Hugging Face datasets fail fast when the hub cannot be
+reached.
 """
 
 from __future__ import annotations
@@ -12,37 +14,29 @@ import os
 import socket
 import sys
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
+from tokenizers import Tokenizer
 
 from tl_vpd._typing import Int
+from tl_vpd.data.blocks import tokenize_blocks
+from tl_vpd.data.tokenizer import TOKENIZER_FILE, load_tokenizer, save_tokenizer, train_tokenizer
 
 __all__ = [
-    "EOS_TOKEN",
-    "TOKENIZER_FILE",
     "TOKENS_FILE",
     "LMCorpus",
     "check_hub_reachable",
     "default_corpus",
-    "iterate_batches",
     "load_hf_dataset_texts",
-    "load_tokenizer",
     "read_text_files",
-    "save_tokenizer",
     "stdlib_corpus",
-    "tokenize_blocks",
-    "train_tokenizer",
 ]
 
-EOS_TOKEN = "<|endoftext|>"  # id 0; BOS, EOS and document separator at once
-TOKENIZER_FILE = "tokenizer.json"
-TOKENS_FILE = "tokens.safetensors"
+TOKENS_FILE = "tokens.safetensors"  # the token blocks of a cached corpus
 
 # Directories of the standard library that are not ordinary library source: installed packages,
 # the regression test suites (huge, repetitive), and the IDLE / 2to3 tools.
@@ -224,108 +218,6 @@ def load_hf_dataset_texts(
     return texts
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 4096) -> Tokenizer:
-    """Train a byte-level BPE tokenizer (GPT-2 style) on ``texts``.
-
-    Every byte is in the vocabulary, so any string round-trips through encode/decode exactly.
-    ``<|endoftext|>`` has id 0 and serves as BOS, EOS and document separator. Training is
-    deterministic: merges are counted over the whole corpus, so there is no seed.
-
-    Arguments:
-        texts: Training documents.
-        vocab_size: Final vocabulary size, including the 256 byte tokens and ``<|endoftext|>``.
-
-    Returns:
-        The trained ``tokenizers.Tokenizer``.
-    """
-    n_base = len(pre_tokenizers.ByteLevel.alphabet()) + 1
-    if vocab_size < n_base:
-        raise ValueError(f"vocab_size must be at least {n_base} (256 bytes + {EOS_TOKEN}), got {vocab_size}.")
-    if not texts:
-        raise ValueError("train_tokenizer needs at least one text.")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return tokenizer
-
-
-def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
-    """Save ``tokenizer`` as JSON; a folder ``path`` gets ``tokenizer.json`` inside it.
-
-    Returns:
-        The file written.
-    """
-    path = Path(path)
-    if path.is_dir() or not path.suffix:
-        path = path / TOKENIZER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
-    return path
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer saved by :func:`save_tokenizer` (a ``tokenizer.json`` file or its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"No tokenizer file at {path}.")
-    return Tokenizer.from_file(str(path))
-
-
-def _eos_id(tokenizer: Tokenizer) -> int:
-    eos_id = tokenizer.token_to_id(EOS_TOKEN)
-    if eos_id is None:
-        raise ValueError(f"Tokenizer has no {EOS_TOKEN!r} token; build it with train_tokenizer.")
-    return eos_id
-
-
-def tokenize_blocks(
-    texts: Sequence[str], tokenizer: Tokenizer, seq_len: int, max_blocks: int | None = None
-) -> Int[torch.Tensor, "n seq"]:
-    """Tokenize documents into contiguous, non-overlapping blocks of ``seq_len`` tokens.
-
-    Documents are concatenated, each preceded by ``<|endoftext|>`` (so it is both the BOS of one
-    document and the EOS of the previous one), and the stream is cut into blocks. The incomplete
-    final block is dropped.
-
-    Arguments:
-        texts: Documents, in order.
-        tokenizer: A tokenizer with an ``<|endoftext|>`` token.
-        seq_len: Tokens per block.
-        max_blocks: Stop after this many blocks (and stop tokenizing early).
-
-    Returns:
-        An int64 tensor of blocks.
-    """
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}.")
-    eos_id = _eos_id(tokenizer)
-    max_tokens = None if max_blocks is None else max_blocks * seq_len
-    stream: list[int] = []
-    chunk = 256  # documents per encode_batch call; lets max_blocks stop early
-    starts = range(0, len(texts), chunk)
-    for start in tqdm(starts, desc="tokenizing", leave=False, disable=len(starts) <= 1):
-        for encoding in tokenizer.encode_batch(list(texts[start : start + chunk]), add_special_tokens=False):
-            stream.append(eos_id)
-            stream.extend(encoding.ids)
-        if max_tokens is not None and len(stream) >= max_tokens:
-            break
-    n_blocks = len(stream) // seq_len
-    if max_blocks is not None:
-        n_blocks = min(n_blocks, max_blocks)
-    if n_blocks == 0:
-        raise ValueError(f"{len(stream)} tokens are not enough for one block of seq_len={seq_len}.")
-    return torch.tensor(stream[: n_blocks * seq_len], dtype=torch.int64).view(n_blocks, seq_len)
-
-
 @dataclass
 class LMCorpus:
     """Tokenized train / validation blocks and the tokenizer that made them."""
@@ -389,37 +281,3 @@ def default_corpus(
         # Tokenizer last: its presence marks a complete cache entry.
         save_tokenizer(tokenizer, cache / TOKENIZER_FILE)
     return corpus
-
-
-def iterate_batches(
-    tokens: Int[torch.Tensor, "n seq"],
-    batch_size: int,
-    seed: int = 0,
-    drop_last: bool = True,
-    epochs: int | None = None,
-) -> Iterator[Int[torch.Tensor, "batch seq"]]:
-    """Shuffled batches of blocks, reshuffled every epoch; deterministic for a seed.
-
-    Arguments:
-        tokens: Token blocks.
-        batch_size: Blocks per batch.
-        seed: Seed of the shuffling.
-        drop_last: Skip each epoch's final incomplete batch.
-        epochs: Number of passes over ``tokens``; ``None`` iterates forever.
-
-    Returns:
-        An iterator of batches.
-    """
-    n = tokens.shape[0]
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    if drop_last and batch_size > n:
-        raise ValueError(f"batch_size={batch_size} exceeds the {n} blocks available with drop_last=True.")
-    generator = torch.Generator().manual_seed(seed)
-    epoch = 0
-    while epochs is None or epoch < epochs:
-        order = torch.randperm(n, generator=generator)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield tokens[order[start : start + batch_size]]
-        epoch += 1

@@ -1,0 +1,61 @@
+"""tl_vpd.pipeline: the stage configs and the stages' run-directory checks (the stages end to end
+through the command line: test_cli.py)."""
+
+import filecmp
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tl_vpd
+from tl_vpd.layout import DECOMP_DIR, TARGET_DIR
+from tl_vpd.pipeline import (
+    load_target_stage,
+    packaged_config,
+    read_target_config,
+    stage_config,
+    unfinished_decomposition,
+)
+from test_cli import TINY_TARGET
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_NAMES = ["target.yaml", "quick_target.yaml", "vpd.yaml", "quick_vpd.yaml"]
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_packaged_configs_are_valid_and_match_the_repo_copies(name):
+    path = packaged_config(name)
+    if "target" in name:
+        cfg = read_target_config(path)
+        assert cfg["corpus"]["seq_len"] >= 1 and cfg["train"]["steps"] >= 1
+    else:
+        tl_vpd.VPDConfig.from_file(path)
+    assert filecmp.cmp(path, REPO_CONFIGS / name, shallow=False), f"configs/{name} drifted"
+
+
+def test_target_config_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "t.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_TARGET, "train": {"stpes": 3}}))
+    with pytest.raises(ValueError, match="stpes"):
+        read_target_config(bad)
+    bad.write_text(yaml.safe_dump({"optimizer": {}}))
+    with pytest.raises(ValueError, match="sections"):
+        read_target_config(bad)
+
+
+def test_stage_config_defaults_to_the_packaged_ones(tmp_path):
+    assert stage_config(None, False, "vpd.yaml") == packaged_config("vpd.yaml")
+    assert stage_config(None, True, "vpd.yaml") == packaged_config("quick_vpd.yaml")
+    assert stage_config(tmp_path / "x.yaml", True, "vpd.yaml") == tmp_path / "x.yaml"
+    with pytest.raises(FileNotFoundError, match="ships no config"):
+        packaged_config("nope.yaml")
+
+
+def test_unfinished_decomposition_and_a_missing_target(tmp_path):
+    assert not unfinished_decomposition(tmp_path)
+    (tmp_path / DECOMP_DIR / "checkpoints").mkdir(parents=True)
+    assert unfinished_decomposition(tmp_path)
+    (tmp_path / DECOMP_DIR / "decomposition").mkdir()
+    assert not unfinished_decomposition(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a complete target run"):
+        load_target_stage(tmp_path / TARGET_DIR)
