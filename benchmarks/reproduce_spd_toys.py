@@ -66,10 +66,10 @@ CPU_OVERRIDES = {
     "tms_5-2-id": dict(steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.1),
     "tms_40-10": dict(steps=4000, batch_size=1024, C=80, lr=5e-3, lr_final_frac=0.1),
     "tms_40-10-id": dict(steps=4000, batch_size=1024, C=80, lr=5e-3, lr_final_frac=0.1),
-    "resid_mlp1": dict(steps=4000, batch_size=512, lr=5e-3, coeff_importance=2e-5),
-    "resid_mlp2": dict(steps=6000, batch_size=512, C=200, lr=5e-3, coeff_importance=2e-5),
+    "resid_mlp1": dict(steps=4000, batch_size=512, lr=5e-3, coeff_minimality=2e-5),
+    "resid_mlp2": dict(steps=6000, batch_size=512, C=200, lr=5e-3, coeff_minimality=2e-5),
     "resid_mlp3": dict(steps=8000, batch_size=512, C=250, ci_hidden=32, lr=5e-3,
-                       coeff_importance=1e-5),
+                       coeff_minimality=1e-5),
 }
 CANCELLATION_SWEEP = [2.0, 3.5, 4.5, 6.0, 9.0]  # β · n_out; SPD drops the pair above 3, VPD above 10.5
 
@@ -127,7 +127,7 @@ def run_cancellation(out):
     rows = []
     for bn in CANCELLATION_SWEEP:
         for method in ("spd", "vpd"):
-            cfg = toy_config("cancellation", method, coeff_importance=bn / n_out)
+            cfg = toy_config("cancellation", method, coeff_minimality=bn / n_out)
             with single_threaded():
                 dec = decompose_cancellation(target, cfg)
             g = dec.causal_importance(x)["linear"]

@@ -140,7 +140,7 @@ def decompose_cancellation(model: CancellationToy, cfg: VPDConfig, data=None) ->
     Arguments:
         model: the target.
         cfg: a :class:`~tl_vpd.VPDConfig` with ``C`` = the number of mechanisms and
-            ``coeff_delta = 0`` (``U V = W`` holds exactly, and ``U``, ``V`` are frozen).
+            ``coeff_faithfulness = 0`` (``U V = W`` holds exactly, and ``U``, ``V`` are frozen).
         data: the input distribution (default :class:`CancellationData` of the model's shape).
 
     Returns:
@@ -149,8 +149,8 @@ def decompose_cancellation(model: CancellationToy, cfg: VPDConfig, data=None) ->
     U, V = ground_truth_components(model)
     if cfg.C != U.shape[1]:
         raise ValueError(f"cfg.C must equal the number of mechanisms, {U.shape[1]} (got {cfg.C})")
-    if cfg.coeff_delta != 0:
-        raise ValueError("the subcomponents are frozen at U V = W exactly: set coeff_delta=0")
+    if cfg.coeff_faithfulness != 0:
+        raise ValueError("the subcomponents are frozen at U V = W exactly: set coeff_faithfulness=0")
     data = data or CancellationData(model.n_pairs, model.n_features)
     trainer = Trainer(model, cfg, data)
     comp = trainer.dec.components["linear"]

@@ -61,7 +61,7 @@ _VPD_TOY = dict(
     # The VPD paper's Δ-L2 coefficient 1e7 makes Adam's steps follow ∇Δ-L2 alone when the
     # reconstruction loss is a toy MSE (~1e-4): TMS 5-2 did not sparsify in 2000 steps at 1e7
     # or 1e2, and did at 1 (the SPD paper's faithfulness coefficient).
-    coeff_delta=1.0,
+    coeff_faithfulness=1.0,
     grad_clip_components=None,  # SPD paper: no clipping; the toy losses have no spikes
     grad_clip_ci=None,
     freq_beta=0.0,
@@ -81,7 +81,7 @@ def _tms_experiment(n_features: int, n_hidden: int, identity: bool) -> ToyExperi
     small = n_features <= 5
     C = 20 if small else 200  # reference implementation: 20 (5-2), 200 (40-10) per site
     minimality = dict(
-        coeff_importance=3e-3 if small else 1e-4,  # SPD paper A.4.1
+        coeff_minimality=3e-3 if small else 1e-4,  # SPD paper A.4.1
         p_start=1.0 if small else 2.0,  # SPD paper A.4.1: p = 1 (5-2), 2 (40-10)
         p_end=1.0 if small else 2.0,
     )
@@ -111,7 +111,7 @@ def _resid_experiment(n_layers: int) -> ToyExperiment:
         lr={1: 2e-3, 2: 1e-3, 3: 1e-3}[n_layers],  # SPD paper A.4.2
         lr_final_frac=1.0,  # SPD paper A.4.2: constant learning rate
         ci_hidden={1: 16, 2: 16, 3: 128}[n_layers],  # SPD paper A.4.2
-        coeff_importance={1: 1e-5, 2: 1e-5, 3: 0.5e-5}[n_layers],  # SPD paper A.4.2
+        coeff_minimality={1: 1e-5, 2: 1e-5, 3: 0.5e-5}[n_layers],  # SPD paper A.4.2
         p_start=2.0, p_end=2.0,  # SPD paper A.4.2
     )
     return ToyExperiment(
@@ -126,8 +126,8 @@ def _resid_experiment(n_layers: int) -> ToyExperiment:
 def _cancellation_experiment() -> ToyExperiment:
     # β · n_out = 4.5 lies between SPD's threshold for dropping a cancelling pair (3) and VPD's
     # (10.5); see tl_vpd.toy_models.cancellation. Identical minimality in both arms.
-    common = dict(C=6, steps=1000, batch_size=256, lr=3e-3, coeff_delta=0.0,
-                  coeff_importance=4.5 / 5, p_start=1.0, p_end=1.0,
+    common = dict(C=6, steps=1000, batch_size=256, lr=3e-3, coeff_faithfulness=0.0,
+                  coeff_minimality=4.5 / 5, p_start=1.0, p_end=1.0,
                   faithfulness_warmup_steps=0)
     return ToyExperiment(
         train=lambda seed, quick: CancellationToy(n_pairs=1, n_features=4),
