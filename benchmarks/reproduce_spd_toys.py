@@ -36,9 +36,11 @@ from pathlib import Path
 
 import torch
 
-from tl_vpd.toy_models import metrics as M
 from tl_vpd.evaluate import pgd_recon
+from tl_vpd.losses import mse_recon_loss
+from tl_vpd.masking import masks_from_sources, sample_sources
 from tl_vpd.toy_models import (
+    EXPERIMENTS,
     CancellationData,
     CancellationToy,
     decompose_cancellation,
@@ -46,6 +48,7 @@ from tl_vpd.toy_models import (
     reproduce,
     toy_config,
 )
+from tl_vpd.toy_models import metrics as M
 from tl_vpd.toy_models._runtime import single_threaded
 
 TMS_NAMES = ["tms_5-2", "tms_40-10", "tms_5-2-id", "tms_40-10-id"]
@@ -151,8 +154,6 @@ def _reproduce(name, seed, scale, method):
 
 
 def _sample(dec, name, seed):
-    from tl_vpd.toy_models.reproduce import EXPERIMENTS
-
     data = EXPERIMENTS[name].data(dec.model)
     return data(4096, torch.Generator().manual_seed(seed + 777))
 
@@ -172,9 +173,6 @@ def _subcomponent_nc(target, dec, ins, W_out):
 
 @torch.no_grad()
 def _stochastic_mse(dec, x, y, ci, samples=8):
-    from tl_vpd.losses import mse_recon_loss
-    from tl_vpd.masking import masks_from_sources, sample_sources
-
     gen = torch.Generator().manual_seed(0)
     total = 0.0
     for _ in range(samples):

@@ -224,7 +224,7 @@ def evaluate(
         progress: show a progress bar over batches.
 
     Returns:
-        The :class:`EvalReport`.
+        The :class:`~tl_vpd.report.EvalReport`.
     """
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
