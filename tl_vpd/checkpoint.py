@@ -24,6 +24,8 @@ from torch import nn
 from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import Shard
+from tl_vpd.layout import CHECKPOINT_DIR, DECOMPOSITION_DIR, TRAINER_STATE_FILE
+from tl_vpd.layout import DECOMP_CONFIG_FILE as CONFIG_FILE
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -35,11 +37,6 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
 ]
-
-CHECKPOINT_DIR = "checkpoints"
-TRAINER_STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "config.yaml"
-DECOMPOSITION_DIR = "decomposition"
 
 
 def adversary_file(checkpoint: Path, rank: int) -> Path:

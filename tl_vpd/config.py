@@ -25,7 +25,6 @@ from typing import Any, Literal
 from tl_vpd.presets import PRESETS
 from tl_vpd.spec import SPEC_DEFAULTS, CIFnKind, DecompositionSpec, DTypeName, InitKind
 from tl_vpd.validation import bounded, validate_fields
-from tl_vpd.yaml_io import _Loader as _YAMLLoader  # noqa: F401  (cli.py until it uses read_yaml)
 from tl_vpd.yaml_io import read_config_file, write_config_file
 
 __all__ = ["LEGACY_NAMES", "PRESETS", "VPDConfig"]

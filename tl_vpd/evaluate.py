@@ -30,7 +30,14 @@ from tl_vpd._typing import Float
 from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.data_stream import DataStream
 from tl_vpd.losses import recon_loss
-from tl_vpd.masking import masks_from_sources, sample_sources
+from tl_vpd.masking import (
+    delta_masks,
+    masks_from_sources,
+    ones_masks,
+    rounded_masks,
+    sample_sources,
+    zero_masks,
+)
 from tl_vpd.report import ALIVE_THRESHOLD, EvalReport
 
 if TYPE_CHECKING:
@@ -140,15 +147,15 @@ def compute_recovered(ce: float, ce_target: float, curve: Sequence[Mapping] | No
 def _mask_modes(ci: Mapping[str, torch.Tensor], generator: torch.Generator
                 ) -> Iterator[tuple[str, dict, dict]]:
     """``(mode, masks, delta_masks)`` of every masking mode but the target."""
-    off = {k: g.new_zeros(g.shape[:-1]) for k, g in ci.items()}
-    ones = {k: torch.ones_like(g) for k, g in ci.items()}
+    off = delta_masks(ci, 0.0)
+    ones = ones_masks(ci)
     yield UNMASKED, ones, off
     yield "stochastic", masks_from_sources(ci, sample_sources(ci, generator))[0], off
     yield "CI as mask", dict(ci), off
     for t in ROUNDING_THRESHOLDS:
-        yield f"rounded CI > {t:g}", {k: (g > t).to(g.dtype) for k, g in ci.items()}, off
-    yield ZERO, {k: torch.zeros_like(g) for k, g in ci.items()}, off
-    yield DELTA_ON, ones, {k: g.new_ones(g.shape[:-1]) for k, g in ci.items()}
+        yield f"rounded CI > {t:g}", rounded_masks(ci, t), off
+    yield ZERO, zero_masks(ci), off
+    yield DELTA_ON, ones, delta_masks(ci, 1.0)
 
 
 class _Sums:

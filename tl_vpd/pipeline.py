@@ -18,10 +18,10 @@ import inspect
 from importlib import resources
 from pathlib import Path
 
-import yaml
 from transformer_lens import HookedTransformer
 
-from tl_vpd.config import _YAMLLoader, VPDConfig
+from tl_vpd.config import VPDConfig
+from tl_vpd.yaml_io import read_yaml, write_yaml
 from tl_vpd.data.corpus import LMCorpus, default_corpus
 from tl_vpd.decompose import decompose
 from tl_vpd.decomposition import Decomposition
@@ -93,7 +93,7 @@ def read_target_config(path: str | Path) -> dict:
     Raises:
         ValueError: unknown sections or keys, naming them and the allowed ones.
     """
-    cfg = _read_yaml(path) or {}
+    cfg = read_yaml(path) or {}
     allowed = {section: set(inspect.signature(fn).parameters) - supplied
                for section, (fn, supplied) in _TARGET_SCHEMA.items()}
     if not isinstance(cfg, dict) or set(cfg) - set(allowed):
@@ -134,7 +134,7 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
     target_dir = out / TARGET_DIR
     corpus = default_corpus(**cfg["corpus"], cache_dir=out / CORPUS_DIR)
     if (target_dir / TARGET_MODEL_FILE).is_file():
-        saved = _read_yaml(target_dir / TARGET_STAGE_FILE)
+        saved = read_yaml(target_dir / TARGET_STAGE_FILE)
         if saved != cfg:
             raise RunDirError(f"{target_dir} holds a target trained with another config "
                               f"({saved}); use another --out, or delete it to retrain")
@@ -142,7 +142,7 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
         return model, corpus, curve, False
     model_cfg = target_config(corpus.vocab_size, n_ctx=corpus.seq_len, **cfg["model"])
     target_dir.mkdir(parents=True, exist_ok=True)
-    _write_yaml(cfg, target_dir / TARGET_STAGE_FILE)
+    write_yaml(cfg, target_dir / TARGET_STAGE_FILE)
     run = train_target(model_cfg, corpus.train, corpus.val, **cfg["train"], run_dir=target_dir,
                        tokenizer=corpus.tokenizer, progress=progress)
     return run.model, corpus, run.curve, True
@@ -159,7 +159,7 @@ def load_target_stage(target_dir: Path) -> tuple[HookedTransformer, LMCorpus, li
     if not stage.is_file():
         raise RunDirError(f"{target_dir} has no {TARGET_STAGE_FILE}: train it with "
                           "`tl-vpd train-target`, which records the corpus it used")
-    cfg = _read_yaml(stage)
+    cfg = read_yaml(stage)
     corpus = default_corpus(**cfg["corpus"], cache_dir=target_dir.parent / CORPUS_DIR)
     if tokenizer is not None and tokenizer.to_str() != corpus.tokenizer.to_str():
         raise ValueError(f"the corpus rebuilt from {stage} has another tokenizer than the target "
@@ -231,14 +231,3 @@ def evaluate_stage(model: HookedTransformer, corpus: LMCorpus, curve: list[dict]
     report = evaluate(dec, corpus.val, target_curve=curve, progress=progress, **eval_kw)
     report.save_json(out / EVAL_FILE)
     return report
-
-
-# ------------------------------------------------------------------------------ YAML
-# Kept tiny and separate: the shared YAML reader/writer of the package replaces these two.
-def _read_yaml(path: Path):
-    """YAML that reads ``5e-5`` as a float, as VPDConfig files do."""
-    return yaml.load(Path(path).read_text(), Loader=_YAMLLoader)
-
-
-def _write_yaml(obj, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(obj, sort_keys=False))

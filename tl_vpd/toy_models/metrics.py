@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tl_vpd._typing import Bool, Float, Int
+from tl_vpd.masking import ablation_masks
 
 if TYPE_CHECKING:
     from tl_vpd.decomposition import Decomposition
@@ -198,9 +199,8 @@ def single_ablation_errors(dec: Decomposition, inputs: Float[torch.Tensor, "batc
     for site, g in ci.items():
         errs = torch.zeros(g.shape[-1])
         for c in range(g.shape[-1]):
-            m = torch.ones_like(g)
-            m[..., c] = g[..., c]
-            errs[c] = (dec.run_masked(inputs, {site: m}) - target).abs().max()
+            m = ablation_masks(dec.components, {site: {c: g[..., c]}}, g.shape[:-1])
+            errs[c] = (dec.run_masked(inputs, m) - target).abs().max()
         out[site] = errs
     return out
 
