@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+
+if TYPE_CHECKING:
+    from tl_vpd.decomposition import Decomposition
 
 __all__ = ["VPDHookedModel", "hooked", "mask_hook"]
 
@@ -47,7 +51,7 @@ class VPDHookedModel(HookedRootModule):
             (each site runs with its causal importances as masks).
     """
 
-    def __init__(self, dec, mask: str = "ones"):
+    def __init__(self, dec: Decomposition, mask: str = "ones"):
         super().__init__()
         if mask not in ("ones", "ci"):
             raise ValueError(f"mask must be 'ones' or 'ci', got {mask!r}")
@@ -116,9 +120,9 @@ class VPDHookedModel(HookedRootModule):
             return self.model(input, *args, **kwargs)
 
 
-def hooked(dec, mask: str = "ones") -> VPDHookedModel:
+def hooked(dec: Decomposition, mask: str = "ones") -> VPDHookedModel:
     """Wrap ``dec.model`` with ``{site}.hook_ci``/``hook_mask``/``hook_delta_mask`` hook points."""
-    if dec.backend.name != "hooked_transformer":
+    if not dec.backend.supports_hooked_view:
         raise NotImplementedError(f"hooked() wraps HookedTransformer targets; this decomposition's "
                                   f"backend is {dec.backend.name!r}")
     return VPDHookedModel(dec, mask)
