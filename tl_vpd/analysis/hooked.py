@@ -34,6 +34,8 @@ import torch
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from tl_vpd._typing import Float
+
 if TYPE_CHECKING:
     from tl_vpd.decomposition import Decomposition
 
@@ -132,7 +134,7 @@ def mask_hook(cs: Sequence[int], value: float = 0.0) -> Callable:
     """A hook for ``{site}.hook_mask`` that sets subcomponents ``cs`` to ``value`` (0 ablates)."""
     idx = list(cs)
 
-    def hook(mask: torch.Tensor, hook) -> torch.Tensor:
+    def hook(mask: Float[torch.Tensor, "*lead C"], hook) -> Float[torch.Tensor, "*lead C"]:
         mask = mask.clone()
         mask[..., idx] = value
         return mask
