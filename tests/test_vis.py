@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("circuitsvis")
 
 from tl_vpd import analysis as A, vis  # noqa: E402
-from test_analysis import KS, QS, VOCAB, WORDS, decode, planted_decomposition, planted_model  # noqa: E402
+from planted import KS, QS, VOCAB, WORDS, decode, planted_decomposition, planted_model  # noqa: E402
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser") if shutil.which(b)), None)
 

@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import tl_vpd.analysis as analysis
 from tl_vpd import io
 from tl_vpd._typing import Float, Num
 from tl_vpd._version import __version__
 from tl_vpd.backends import Backend, get_backend
 from tl_vpd.components import SiteComponents
 from tl_vpd.config import VPDConfig
+from tl_vpd.evaluate import evaluate
 from tl_vpd.importance import CausalImportance, build_ci_fn, lower_leaky_sigmoid
 from tl_vpd.sites import Site, resolve_C, select_sites
 from tl_vpd.spec import SPEC_DEFAULTS, DecompositionSpec
@@ -274,46 +276,32 @@ class Decomposition(nn.Module):
 
     def evaluate(self, data, **kwargs):
         """CE/KL table, L0 and alive counts, adversarial KL: see :func:`tl_vpd.evaluate.evaluate`."""
-        from tl_vpd.evaluate import evaluate
-
         return evaluate(self, data, **kwargs)
 
     # ------------------------------------------------------------- analysis (tl_vpd.analysis)
     def subcomponent(self, site: str, c: int, data=None, **kwargs):
         """Inspect one subcomponent: :func:`tl_vpd.analysis.subcomponent`."""
-        from tl_vpd.analysis import subcomponent
-
-        return subcomponent(self, site, c, data, **kwargs)
+        return analysis.subcomponent(self, site, c, data, **kwargs)
 
     def harvest(self, data, **kwargs):
         """Every subcomponent's density and top contexts: :func:`tl_vpd.analysis.harvest`."""
-        from tl_vpd.analysis import harvest
-
-        return harvest(self, data, **kwargs)
+        return analysis.harvest(self, data, **kwargs)
 
     def edit(self, edits):
         """A new HookedTransformer with ``W − (1−α) u_c v_cᵀ``: :func:`tl_vpd.analysis.edit`."""
-        from tl_vpd.analysis import edit
-
-        return edit(self, edits)
+        return analysis.edit(self, edits)
 
     def hooked(self, mask: str = "ones"):
         """The target with ``{site}.hook_ci`` / ``hook_mask`` hook points: :func:`tl_vpd.analysis.hooked`."""
-        from tl_vpd.analysis import hooked
-
-        return hooked(self, mask)
+        return analysis.hooked(self, mask)
 
     def ablation_effect(self, tokens, ablate, **kwargs):
         """Each head's attention by offset with ``ablate`` removed: :func:`tl_vpd.analysis.ablation_effect`."""
-        from tl_vpd.analysis import ablation_effect
-
-        return ablation_effect(self, tokens, ablate, **kwargs)
+        return analysis.ablation_effect(self, tokens, ablate, **kwargs)
 
     def attribution_graph(self, tokens, target=None, **kwargs):
         """One prompt's subcomponent attribution graph: :func:`tl_vpd.analysis.attribution_graph`."""
-        from tl_vpd.analysis import attribution_graph
-
-        return attribution_graph(self, tokens, target, **kwargs)
+        return analysis.attribution_graph(self, tokens, target, **kwargs)
 
     # ------------------------------------------------------------- persistence (format: tl_vpd.io)
     def save(self, path: str | Path) -> Path:

@@ -20,12 +20,18 @@ import html
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from tl_vpd._typing import Int
+from tl_vpd.analysis._tokens import token_decoder
 from tl_vpd.analysis.attention import ablation_masks, attention_patterns
-from tl_vpd.analysis.inspect import parse_selection, selection_label, token_decoder
+from tl_vpd.analysis.selection import parse_selection, selection_label
+from tl_vpd.analysis.subcomponents import Harvest
+
+if TYPE_CHECKING:
+    from tl_vpd.decomposition import Decomposition
 
 __all__ = ["View", "attention_view", "ci_view", "top_samples_view"]
 
@@ -107,7 +113,7 @@ def _strs(model, tokens: torch.Tensor, decode: Callable | None) -> list[str]:
     return [to_str(t) for t in tokens.reshape(-1).tolist()]
 
 
-def attention_view(dec, tokens: Int[torch.Tensor, "..."], layer: int, ablate=None, *,
+def attention_view(dec: Decomposition, tokens: Int[torch.Tensor, "..."], layer: int, ablate=None, *,
                    decode: Callable | None = None) -> View:
     """Attention patterns of ``layer`` for one prompt: the target, and with ``ablate`` removed
     (mask 0, others 1, Δ on), side by side."""
@@ -127,7 +133,7 @@ def attention_view(dec, tokens: Int[torch.Tensor, "..."], layer: int, ablate=Non
     return View(widgets, title)
 
 
-def ci_view(dec, tokens: Int[torch.Tensor, "..."], site: str, cs: int | Sequence[int], *,
+def ci_view(dec: Decomposition, tokens: Int[torch.Tensor, "..."], site: str, cs: int | Sequence[int], *,
             decode: Callable | None = None) -> View:
     """A prompt's tokens coloured by the CI of subcomponent(s) ``cs`` of ``site``."""
     import circuitsvis as cv
@@ -143,7 +149,7 @@ def ci_view(dec, tokens: Int[torch.Tensor, "..."], site: str, cs: int | Sequence
     return View([(f"CI of {site}:{','.join(map(str, cs))}", w)], f"CI of {site}")
 
 
-def top_samples_view(harvest, site: str, cs: Sequence[int] | None = None, *, n: int = 8,
+def top_samples_view(harvest: Harvest, site: str, cs: Sequence[int] | None = None, *, n: int = 8,
                      k: int = 5) -> View:
     """Top-``k`` contexts (coloured by CI) of subcomponents of ``site`` from a harvest.
 

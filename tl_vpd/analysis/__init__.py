@@ -3,14 +3,21 @@
 =================== ==========================================================================
 module              what
 =================== ==========================================================================
-``inspect``         :func:`subcomponent` (``dec.subcomponent``), dataset-level :func:`harvest`
-``attention``       previous-token scores, ablation effects, the previous-token and
-                    syntax-boundary finders, static Q·K interactions with rotary
+``subcomponents``   :func:`subcomponent` (``dec.subcomponent``) cards, dataset-level
+                    :func:`harvest` (density, mean CI, top contexts), :func:`head_fractions`
+``selection``       :func:`parse_selection`: the one format for "these subcomponents (at these
+                    mask values)" that every function below accepts
+``attention``       attention patterns and offset profiles, :func:`prev_token_scores`,
+                    :func:`ablation_masks` (every ablation's masks), :func:`ablation_effect`
+``qk``              static Q·K interactions of query and key subcomponents, with rotary
+``finders``         the previous-token and syntax-boundary finders
 ``edit``            :func:`edit` (``dec.edit``): a new HookedTransformer without chosen
                     subcomponents
-``hooks``           :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
+``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``
 ``attribution``     :func:`attribution_graph` between subcomponents for one prompt
+``_tokens``         one ordered pass over token data; token ids as text
+``_site_stats``     the streaming per-site statistics behind :func:`harvest`
 =================== ==========================================================================
 
 Views (circuitsvis, offline) are in :mod:`tl_vpd.vis`.
@@ -18,30 +25,30 @@ Views (circuitsvis, offline) are in :mod:`tl_vpd.vis`.
 
 from tl_vpd.analysis.attention import (
     AblationEffect,
-    BoundaryHit,
-    PrevTokenHit,
-    QKInteractions,
     ablation_effect,
     ablation_masks,
     attention_patterns,
-    classify_token,
-    find_prev_token_subcomponents,
-    find_syntax_boundary,
     offset_profile,
     prev_token_scores,
-    qk_interaction,
-    qk_interactions,
 )
 from tl_vpd.analysis.attribution import AttributionGraph, Node, attribution_graph
 from tl_vpd.analysis.edit import edit, edit_delta
-from tl_vpd.analysis.hooks import VPDHookedModel, hooked, mask_hook
-from tl_vpd.analysis.inspect import (
+from tl_vpd.analysis.finders import (
+    BoundaryHit,
+    PrevTokenHit,
+    classify_token,
+    find_prev_token_subcomponents,
+    find_syntax_boundary,
+)
+from tl_vpd.analysis.hooked import VPDHookedModel, hooked, mask_hook
+from tl_vpd.analysis.qk import QKInteractions, qk_interaction, qk_interactions
+from tl_vpd.analysis.selection import parse_selection
+from tl_vpd.analysis.subcomponents import (
     Context,
     Harvest,
     SubcomponentInfo,
     harvest,
     head_fractions,
-    parse_selection,
     subcomponent,
 )
 

@@ -1,4 +1,5 @@
-"""Attribution graphs between subcomponents for one prompt (digest §11).
+"""Attribution graphs between subcomponents for one prompt (as in the VPD paper's attribution
+graphs built from causally important subcomponents).
 
 The edge from subcomponent ``c1`` (site ``l1``, position ``t1``) to ``c2`` (``l2``, ``t2``) is
 
@@ -23,11 +24,17 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from tl_vpd._typing import Int
-from tl_vpd.analysis.inspect import token_decoder
+from tl_vpd.analysis._tokens import token_decoder
+from tl_vpd.tables import html_table, text_table
+
+if TYPE_CHECKING:
+    from tl_vpd.decomposition import Decomposition
 
 __all__ = ["AttributionGraph", "Node", "attribution_graph"]
 
@@ -100,20 +107,27 @@ class AttributionGraph:
         return (f"AttributionGraph: {len(self.tokens)} tokens, target {self.nodes[-1].label} (id {tok}); "
                 f"{n_comp} subcomponent nodes, {len(self.edges)} edges")
 
+    _COLUMNS = [("from", "from"), ("to", "to"), ("attr", "attr")]
+
+    def _rows(self, n: int) -> list[dict]:
+        return [{"from": s.label, "to": d.label, "attr": w} for s, d, w in self.top_edges(n)]
+
+    @staticmethod
+    def _fmt(key: str, v) -> str:
+        return f"{v:+.4f}" if key == "attr" else str(v)
+
     def __repr__(self) -> str:
-        lines = [self._header(), "  top edges (attr = grad × act × CI):"]
-        lines += [f"  {w:+10.4f}  {s.label} → {d.label}" for s, d, w in self.top_edges(15)]
-        return "\n".join(lines)
+        table = text_table(self._COLUMNS, self._rows(15), self._fmt)
+        return "\n".join([self._header(), "  top edges (attr = grad × act × CI):"]
+                         + ["  " + line for line in table.splitlines()])
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{w:+.4f}</td><td>{html.escape(s.label)}</td>"
-                       f"<td>{html.escape(d.label)}</td></tr>" for s, d, w in self.top_edges(30))
-        return (f"<div><b>{html.escape(self._header())}</b><table><tr><th>attr</th><th>from</th>"
-                f"<th>to</th></tr>{rows}</table></div>")
+        return (f"<div><b>{html.escape(self._header())}</b>"
+                f"{html_table(self._COLUMNS, self._rows(30), self._fmt)}</div>")
 
 
 def attribution_graph(
-    dec,
+    dec: Decomposition,
     tokens: Int[torch.Tensor, "..."],
     target: int | None = None,
     *,
@@ -136,10 +150,9 @@ def attribution_graph(
         decode: ``decode([id]) -> str`` for labels.
         progress: a ``tqdm.auto`` bar over the backward passes (one per node).
     """
-    from tqdm.auto import tqdm
-
-    if dec.backend.name != "hooked_transformer":
-        raise NotImplementedError("attribution graphs need a HookedTransformer target")
+    if not dec.backend.supports_attribution:
+        raise NotImplementedError(f"attribution graphs need a HookedTransformer target; this "
+                                  f"decomposition's backend is {dec.backend.name!r}")
     tokens = tokens[None] if tokens.dim() == 1 else tokens
     if tokens.shape[0] != 1:
         raise ValueError(f"attribution_graph takes one prompt, got a batch of {tokens.shape[0]}")

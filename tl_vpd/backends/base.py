@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from tl_vpd._typing import Float
 from tl_vpd.sites import Site
 
 __all__ = ["Backend", "HookSession", "SiteFn"]
@@ -34,6 +35,16 @@ class Backend(ABC):
     name: str = "abstract"
     #: whether the model maps token ids to next-token logits (KL reconstruction, CE tables)
     language_model: bool = False
+    # What the analysis tools (tl_vpd.analysis) can do with this family; each tool checks its
+    # flag and raises NotImplementedError naming the backend where it is False.
+    #: :meth:`add_to_weight` writes into the model's parameters (``analysis.edit``)
+    supports_edit: bool = False
+    #: the model is a ``HookedRootModule`` whose hook points a ``VPDHookedModel`` can extend
+    #: (``analysis.hooked``)
+    supports_hooked_view: bool = False
+    #: token/position embeddings at ``hook_embed``/``hook_pos_embed`` and per-token sites, as
+    #: attribution graphs need (``analysis.attribution_graph``)
+    supports_attribution: bool = False
 
     @classmethod
     @abstractmethod
@@ -47,6 +58,16 @@ class Backend(ABC):
     @abstractmethod
     def _install(self, model: nn.Module, session: HookSession) -> list:
         """Register capture/replace hooks for ``session.sites``; return removable handles."""
+
+    def add_to_weight(self, model: nn.Module, site: Site,
+                      delta: Float[torch.Tensor, "d_out d_in"]) -> None:
+        """Add ``delta`` (``[d_out, d_in]``, the site's orientation) to the parameter that holds
+        ``site``'s matrix in ``model``, in place, in that parameter's layout and dtype.
+
+        ``site`` names the matrix (its layer and kind); ``model`` may be a copy of the one the
+        site was found in. Backends without it (``supports_edit`` False) raise.
+        """
+        raise NotImplementedError(f"the {self.name} backend cannot write weights into its models")
 
     @contextlib.contextmanager
     def hooks(self, model: nn.Module, sites: Sequence[Site], fn: SiteFn) -> Iterator[HookSession]:

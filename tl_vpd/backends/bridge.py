@@ -17,8 +17,8 @@ W_out     ``blocks.L.mlp.out.hook_in``                 ``blocks.L.mlp.out.hook_o
 
 The hooks are plain torch hooks on those hook points (handles kept and removed, untouched by
 ``reset_hooks()``), so they see the tensors the projections really read and return, before any
-TL-level shape conversion. Facts this relies on (integration study §4; ``tests/test_bridge.py``
-re-checks them on TL 3.9 and 4.x):
+TL-level shape conversion. Facts this relies on (read from the TransformerLens source;
+``tests/test_bridge.py`` re-checks them on TL 3.9 and 4.x):
 
 * GPT-2's fused ``c_attn`` (and GPT-NeoX's ``query_key_value``) is split into three
   ``nn.Linear`` at boot; those are what the forward runs, so they are the decomposed Q/K/V.
@@ -74,6 +74,11 @@ def _is_bridge(model: nn.Module) -> bool:
 class BridgeBackend(Backend):
     name = "transformer_bridge"
     language_model = True
+    # Not yet: writing into the LinearBridge/Conv1D (and TL 3.9's private processed) weights,
+    # the hooked-view wrapper and attribution graphs have only been built for HookedTransformer.
+    supports_edit = False
+    supports_hooked_view = False
+    supports_attribution = False
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

@@ -1,6 +1,6 @@
 """HookedTransformer backend (TransformerLens 3.x).
 
-Hook map (``L`` is the layer), following the integration study:
+Hook map (``L`` is the layer):
 
 ======== ============================================ =============================================
 site     input captured at                            output replaced at
@@ -22,14 +22,52 @@ sandwich/post-norm models, which normalise before those hooks.
 from __future__ import annotations
 
 import einops
+import torch
 from torch import nn
 
+from tl_vpd._typing import Float
 from tl_vpd.backends.base import Backend, HookSession
 from tl_vpd.sites import Site
 
 __all__ = ["HookedTransformerBackend"]
 
 _QKV = {"W_Q": ("query_input", "hook_q"), "W_K": ("key_input", "hook_k"), "W_V": ("value_input", "hook_v")}
+
+# HookedTransformer's weight layout, in one place: the axes of the parameter holding each kind of
+# matrix and of the site's ``[d_out, d_in]`` view of it (einops patterns; h = heads).
+_LAYOUT = {
+    "W_Q": ("h i d", "(h d) i"), "W_K": ("h i d", "(h d) i"), "W_V": ("h i d", "(h d) i"),
+    "W_O": ("h d o", "o (h d)"),
+    "W_in": ("i o", "o i"), "W_gate": ("i o", "o i"), "W_out": ("i o", "o i"),
+}
+
+
+def _param(model: nn.Module, layer: int, kind: str) -> nn.Parameter:
+    """The parameter that holds a ``kind`` matrix of block ``layer`` (``_W_K``/``_W_V`` under
+    grouped-query attention: the un-expanded weights the forward reads)."""
+    block = model.blocks[layer]
+    if kind in ("W_Q", "W_K", "W_V", "W_O"):
+        attn = block.attn
+        private = "_" + kind
+        return getattr(attn, private if kind in ("W_K", "W_V") and hasattr(attn, private) else kind)
+    if kind in ("W_in", "W_gate", "W_out"):
+        return getattr(block.mlp, kind)
+    raise NotImplementedError(f"the HookedTransformer backend does not know where a {kind!r} "
+                              "matrix lives")
+
+
+def _site_view(param: torch.Tensor, kind: str) -> torch.Tensor:
+    """``param`` as the site's ``[d_out, d_in]`` matrix."""
+    src, dst = _LAYOUT[kind]
+    return einops.rearrange(param.detach(), f"{src} -> {dst}")
+
+
+def _param_view(weight: torch.Tensor, kind: str, n_heads: int | None) -> torch.Tensor:
+    """A site-oriented ``[d_out, d_in]`` matrix in the parameter's layout (inverse of
+    :func:`_site_view`)."""
+    src, dst = _LAYOUT[kind]
+    sizes = {"h": n_heads} if "h" in src else {}
+    return einops.rearrange(weight, f"{dst} -> {src}", **sizes)
 
 
 def _hooked_transformer_class():
@@ -46,6 +84,9 @@ def _hooked_transformer_class():
 class HookedTransformerBackend(Backend):
     name = "hooked_transformer"
     language_model = True
+    supports_edit = True
+    supports_hooked_view = True
+    supports_attribution = True
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -97,8 +138,8 @@ class HookedTransformerBackend(Backend):
             w = getattr(attn, wname)
             n_heads, d_in, d_head = w.shape
 
-            def get_w(attn=attn, wname=wname):
-                return einops.rearrange(getattr(attn, wname).detach(), "h i d -> (h d) i")
+            def get_w(attn=attn, wname=wname, kind=kind):
+                return _site_view(getattr(attn, wname), kind)
 
             def get_b(attn=attn, bname=bname):
                 return getattr(attn, bname).detach().reshape(-1)
@@ -110,7 +151,7 @@ class HookedTransformerBackend(Backend):
         n_heads, d_head, d_model = attn.W_O.shape
         out.append(
             Site(f"blocks.{L}.attn.W_O", n_heads * d_head, d_model,
-                 lambda attn=attn: einops.rearrange(attn.W_O.detach(), "h d o -> o (h d)"),
+                 lambda attn=attn: _site_view(attn.W_O, "W_O"),
                  lambda attn=attn: attn.b_O.detach(),
                  n_heads=n_heads, layer=L, kind="W_O")
         )
@@ -123,17 +164,24 @@ class HookedTransformerBackend(Backend):
         out = []
         if gated:
             out.append(Site(f"blocks.{L}.mlp.W_gate", d_model, d_mlp,
-                            lambda mlp=mlp: mlp.W_gate.detach().T, lambda: None,
+                            lambda mlp=mlp: _site_view(mlp.W_gate, "W_gate"), lambda: None,
                             layer=L, kind="W_gate"))
         # Gated MLPs add b_in after act(gate) * linear, outside W_in's output.
         out.append(Site(f"blocks.{L}.mlp.W_in", d_model, d_mlp,
-                        lambda mlp=mlp: mlp.W_in.detach().T,
+                        lambda mlp=mlp: _site_view(mlp.W_in, "W_in"),
                         (lambda: None) if gated else (lambda mlp=mlp: mlp.b_in.detach()),
                         layer=L, kind="W_in"))
         out.append(Site(f"blocks.{L}.mlp.W_out", d_mlp, d_model,
-                        lambda mlp=mlp: mlp.W_out.detach().T, lambda mlp=mlp: mlp.b_out.detach(),
+                        lambda mlp=mlp: _site_view(mlp.W_out, "W_out"), lambda mlp=mlp: mlp.b_out.detach(),
                         layer=L, kind="W_out"))
         return out
+
+    def add_to_weight(self, model: nn.Module, site: Site,
+                      delta: Float[torch.Tensor, "d_out d_in"]) -> None:
+        param = _param(model, site.layer, site.kind)
+        n_heads = param.shape[0] if site.kind in ("W_Q", "W_K", "W_V", "W_O") else None
+        with torch.no_grad():
+            param.add_(_param_view(delta, site.kind, n_heads).to(param.dtype))
 
     # ------------------------------------------------------------------ hooks
     def _install(self, model: nn.Module, session: HookSession) -> list:

@@ -35,6 +35,11 @@ class HookPointSiteSpec:
 
 class HookPointBackend(Backend):
     name = "hook_points"
+    # Sites are declared through getter callables, so there is no parameter to write into; the
+    # hooked view and attribution graphs are built (and tested) for HookedTransformer only.
+    supports_edit = False
+    supports_hooked_view = False
+    supports_attribution = False
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:

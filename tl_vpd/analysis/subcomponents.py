@@ -1,31 +1,39 @@
-"""Inspecting subcomponents: weights, firing statistics and top-activating contexts.
+"""Subcomponent cards and the dataset pass that fills them.
 
 :func:`harvest` makes one pass over a dataset (with a ``tqdm.auto`` bar) and keeps, for every
 subcomponent of every site, its firing density (CI > ``threshold``), mean CI and the top-``k``
 positions by CI together with a window of tokens around each. :func:`subcomponent` (the engine of
 ``dec.subcomponent(site, c)``) adds the weight-only facts to that: ``‖u_c‖``, ``‖v_c‖``, the
 tokens it reads (``W_E · v_c``) or predicts (``u_c · W_U``) and, for attention sites, the share
-of its weight in each head (digest §12):
+of its weight in each head (VPD paper, its analysis of attention subcomponents that span heads):
 
 * ``W_Q``/``W_K``/``W_V``: ``‖U^h_c‖ · ‖V_c‖`` (the head-``h`` rows of ``u_c``);
 * ``W_O``: ``‖U_c‖ · ‖V^h_c‖`` (the head-``h`` columns of ``v_c``).
 
 A subcomponent *spans heads* when its top head holds less than :data:`SPANS_HEADS_BELOW` of it.
 
-Activations are the paper's interpretable ones, ``a_c = ‖u_c‖ (v_c · x)`` (digest §1). For sites
-whose input arrives per head (split-QKV models) ``x`` is averaged over heads, as the CI
-function sees it.
+Activations are the VPD paper's interpretable ones, ``a_c = ‖u_c‖ (v_c · x)``: the size of the
+subcomponent's output, signed by its input. For sites whose input arrives per head (split-QKV
+models) ``x`` is averaged over heads, as the CI function sees it.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from tl_vpd._typing import Float
+from tl_vpd.analysis._site_stats import SiteStats
+from tl_vpd.analysis._tokens import fmt_token, iter_token_batches, looks_like_text, token_decoder
+from tl_vpd.tables import format_cell, html_table, text_table
+
+if TYPE_CHECKING:
+    from tl_vpd.decomposition import Decomposition
 
 __all__ = [
     "Context",
@@ -34,116 +42,18 @@ __all__ = [
     "SubcomponentInfo",
     "harvest",
     "head_fractions",
-    "iter_token_batches",
-    "parse_selection",
     "subcomponent",
-    "token_decoder",
 ]
 
-SPANS_HEADS_BELOW = 0.8  # issue 6: "spans heads when the top head holds < 0.8"
+# Below this share of its weight in its top head a subcomponent counts as spanning heads: a
+# head-by-head analysis would see it as several pieces.
+SPANS_HEADS_BELOW = 0.8
 _RESIDUAL_READERS = ("W_Q", "W_K", "W_V", "W_in", "W_gate")
 _RESIDUAL_WRITERS = ("W_O", "W_out")
 
-Selection = str | tuple | Sequence | Mapping
 
-
-# ----------------------------------------------------------------------------- small helpers
-def parse_selection(spec: Selection, default_alpha: float = 0.0) -> dict[str, dict[int, float]]:
-    """Normalise a choice of subcomponents to ``{site: {c: alpha}}``.
-
-    Accepts ``"blocks.1.attn.W_Q:3"``, ``("blocks.1.attn.W_Q", 3)``, a list of those, or a mapping
-    ``{site: c | [c, ...] | {c: alpha}}``. ``alpha`` is the mask value the subcomponent gets
-    (``default_alpha`` where not given: 0 ablates).
-    """
-    out: dict[str, dict[int, float]] = {}
-
-    def add(site: str, c, alpha: float) -> None:
-        if isinstance(c, bool) or not isinstance(c, int | torch.Tensor):
-            raise TypeError(f"subcomponent index for {site!r} must be an int, got {c!r}")
-        out.setdefault(site, {})[int(c)] = float(alpha)
-
-    if isinstance(spec, str):
-        site, sep, c = spec.rpartition(":")
-        if not sep or not c.strip().lstrip("-").isdigit():
-            raise ValueError(f"expected 'site:c' such as 'blocks.1.attn.W_Q:3', got {spec!r}")
-        add(site, int(c), default_alpha)
-    elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
-        add(spec[0], spec[1], default_alpha)
-    elif isinstance(spec, Mapping):
-        for site, cs in spec.items():
-            if isinstance(cs, Mapping):
-                for c, a in cs.items():
-                    add(site, c, a)
-            elif isinstance(cs, int):
-                add(site, cs, default_alpha)
-            else:
-                for c in cs:
-                    add(site, c, default_alpha)
-    elif isinstance(spec, Sequence):
-        for item in spec:
-            for site, cs in parse_selection(item, default_alpha).items():
-                out.setdefault(site, {}).update(cs)
-    else:
-        raise TypeError(f"cannot read a subcomponent selection from {type(spec).__name__}")
-    if not out:
-        raise ValueError("the subcomponent selection is empty")
-    return out
-
-
-def check_selection(dec, sel: Mapping[str, Mapping[int, float]]) -> None:
-    """Raise if a site is not decomposed or an index is out of range."""
-    for site, cs in sel.items():
-        C = dec.components[dec.site(site).name].C
-        bad = [c for c in cs if not 0 <= c < C]
-        if bad:
-            raise IndexError(f"{site} has C={C} subcomponents; got indices {bad}")
-
-
-def selection_label(sel: Mapping[str, Mapping[int, float]]) -> str:
-    """``"blocks.1.attn.W_Q:3, blocks.1.attn.W_K:0"``."""
-    return ", ".join(f"{s}:{c}" for s, cs in sel.items() for c in cs)
-
-
-def token_decoder(model, decode: Callable | None = None) -> Callable[[int], str]:
-    """``id -> str``: ``decode([id])`` if given, else the model's tokenizer, else ``str(id)``."""
-    if decode is None:
-        tok = getattr(model, "tokenizer", None)
-        decode = None if tok is None else tok.decode
-    if decode is None:
-        return str
-    return lambda i: decode([int(i)])
-
-
-def iter_token_batches(data, batch_size: int) -> Iterator[torch.Tensor]:
-    """Batches ``[b, seq]`` of token ids, in order, from any ``data`` the library accepts
-    (a tensor ``[n, seq]`` or ``[seq]``, an iterable of batches, a dataset with an
-    ``input_ids``/``tokens`` column)."""
-    if hasattr(data, "column_names") and not torch.is_tensor(data):
-        from tl_vpd.data_stream import _from_hf_dataset
-
-        data = _from_hf_dataset(data)
-    if torch.is_tensor(data):
-        data = data[None] if data.dim() == 1 else data
-        _check_tokens(data)
-        yield from data.split(batch_size)
-        return
-    if not isinstance(data, Iterable) or isinstance(data, str | bytes):
-        raise TypeError(f"data must be token ids [n, seq] or an iterable of batches, got "
-                        f"{type(data).__name__}")
-    for batch in data:
-        batch = batch[None] if torch.is_tensor(batch) and batch.dim() == 1 else batch
-        _check_tokens(batch)
-        yield batch
-
-
-def _check_tokens(t) -> None:
-    if not torch.is_tensor(t) or t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 2:
-        raise TypeError("expected an integer tensor of token ids [batch, seq], got "
-                        f"{type(t).__name__} {getattr(t, 'dtype', '')} {tuple(getattr(t, 'shape', ()))}")
-
-
-def head_fractions(dec, site: str, c: int) -> Float[torch.Tensor, " n_heads"] | None:
-    """Share of subcomponent ``c``'s weight in each head (digest §12); ``None`` for MLP sites."""
+def head_fractions(dec: Decomposition, site: str, c: int) -> Float[torch.Tensor, " n_heads"] | None:
+    """Share of subcomponent ``c``'s weight in each head (see the module); ``None`` for MLP sites."""
     s = dec.site(site)
     if s.n_heads is None or s.kind not in ("W_Q", "W_K", "W_V", "W_O"):
         return None
@@ -162,10 +72,6 @@ def _site_activation(comp, site, x: torch.Tensor) -> torch.Tensor:
     return comp.inner_acts(x.to(comp.V.dtype)) * comp.U.norm(dim=0)
 
 
-def _fmt_tok(s: str) -> str:
-    return s.replace("\n", "\\n").replace("\t", "\\t")
-
-
 # ----------------------------------------------------------------------------- results
 @dataclass
 class Context:
@@ -179,9 +85,9 @@ class Context:
     act: float  # ‖u_c‖ (v_c · x) at the top position
 
     def __str__(self) -> str:
-        toks = [_fmt_tok(t) for t in self.tokens]
+        toks = [fmt_token(t) for t in self.tokens]
         toks[self.center] = f"[[{toks[self.center]}]]"
-        return "".join(toks) if _looks_like_text(self.tokens) else " ".join(toks)
+        return "".join(toks) if looks_like_text(self.tokens) else " ".join(toks)
 
     def _html(self) -> str:
         spans = []
@@ -190,13 +96,8 @@ class Context:
             if i == self.center:
                 style += " outline: 1px solid #333;"
             spans.append(f'<span style="{style}" title="CI {g:.2f}">'
-                         f"{html.escape(_fmt_tok(t))}</span>")
+                         f"{html.escape(fmt_token(t))}</span>")
         return "".join(spans)
-
-
-def _looks_like_text(tokens: Sequence[str]) -> bool:
-    # Sub-word tokenizers carry their own spaces; plain ids or words need separators.
-    return any(t.startswith(" ") for t in tokens)
 
 
 @dataclass
@@ -257,10 +158,10 @@ class SubcomponentInfo:
             rows.append(("heads", f"{hf}  ({verdict})"))
         if self.reads:
             rows.append((f"reads {self.reads_note}",
-                         ", ".join(f"{_fmt_tok(t)!r} {s:+.2f}" for t, s in self.reads)))
+                         ", ".join(f"{fmt_token(t)!r} {s:+.2f}" for t, s in self.reads)))
         if self.predicts:
             rows.append((f"predicts {self.reads_note}",
-                         ", ".join(f"{_fmt_tok(t)!r} {s:+.2f}" for t, s in self.predicts)))
+                         ", ".join(f"{fmt_token(t)!r} {s:+.2f}" for t, s in self.predicts)))
         return rows
 
     def __repr__(self) -> str:
@@ -272,69 +173,15 @@ class SubcomponentInfo:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>"
-                       for k, v in self._lines())
+        rows = html_table([("key", ""), ("value", "")],
+                          [{"key": k, "value": v} for k, v in self._lines()])
+        # The contexts' cells are coloured token spans (markup), which html_table would escape.
         ctx = "".join(f"<tr><td>{x.ci[x.center]:.2f}</td><td>{x.act:+.3f}</td>"
                       f"<td style='font-family:monospace'>{x._html()}</td></tr>"
                       for x in self.contexts)
         ctx = (f"<p><i>top contexts</i></p><table><tr><th>CI</th><th>act</th><th>context</th>"
                f"</tr>{ctx}</table>") if ctx else ""
-        return (f"<div><b>Subcomponent {html.escape(self.name)}</b><table>{rows}</table>"
-                f"{ctx}</div>")
-
-
-class _SiteStats:
-    """Streaming per-site statistics: counts, sums and a running top-k by CI."""
-
-    def __init__(self, C: int, k: int, width: int):
-        self.C, self.k, self.width = C, k, width
-        self.n_tokens = 0
-        self.fired = torch.zeros(C, dtype=torch.float64)
-        self.sum_ci = torch.zeros(C, dtype=torch.float64)
-        self.sum_act_fired = torch.zeros(C, dtype=torch.float64)
-        self.key = torch.empty(0, C)
-        self.ci = torch.empty(0, C)
-        self.act = torch.empty(0, C)
-        self.seq = torch.empty(0, C, dtype=torch.long)
-        self.pos = torch.empty(0, C, dtype=torch.long)
-        self.win_tok = torch.empty(0, C, width, dtype=torch.long)
-        self.win_ci = torch.empty(0, C, width)
-
-    def update(self, tokens: torch.Tensor, g: torch.Tensor, act: torch.Tensor, seq0: int,
-               threshold: float, before: int) -> None:
-        b, T, C = g.shape
-        fired = g > threshold
-        self.n_tokens += b * T
-        self.fired += fired.sum((0, 1)).double()
-        self.sum_ci += g.sum((0, 1)).double()
-        self.sum_act_fired += (act * fired).sum((0, 1)).double()
-        # Rank by CI; |act| only breaks ties (CI saturates at 1 on many tokens).
-        key = (g + 1e-3 * act.abs() / (1 + act.abs())).reshape(b * T, C)
-        old = self.key.shape[0]
-        top = torch.cat([self.key, key]).topk(min(self.k, old + b * T), dim=0).indices  # [k, C]
-        new = top >= old
-        flat = (top - old).clamp_min(0)
-        bi, ti = flat // T, flat % T
-        cols = torch.arange(C)[None, :]
-        offs = torch.arange(self.width) - before
-        tw = ti[..., None] + offs  # [k, C, W]
-        valid = (tw >= 0) & (tw < T)
-        twc = tw.clamp(0, T - 1)
-        new_tok = torch.where(valid, tokens[bi[..., None], twc], -1)
-        new_ci = torch.where(valid, g[bi[..., None], twc, cols[..., None]], 0.0)
-        new_vals = (g.reshape(b * T, C)[flat, cols], act.reshape(b * T, C)[flat, cols],
-                    key[flat, cols], seq0 + bi, ti)
-        if old:
-            oi = top.clamp_max(old - 1)
-            old_vals = (self.ci[oi, cols], self.act[oi, cols], self.key[oi, cols], self.seq[oi, cols],
-                        self.pos[oi, cols])
-            merged = [torch.where(new, n, o) for n, o in zip(new_vals, old_vals)]
-            self.win_tok = torch.where(new[..., None], new_tok, self.win_tok[oi, cols])
-            self.win_ci = torch.where(new[..., None], new_ci, self.win_ci[oi, cols])
-        else:
-            merged = list(new_vals)
-            self.win_tok, self.win_ci = new_tok, new_ci
-        self.ci, self.act, self.key, self.seq, self.pos = merged
+        return f"<div><b>Subcomponent {html.escape(self.name)}</b>{rows}{ctx}</div>"
 
 
 class Harvest:
@@ -349,7 +196,7 @@ class Harvest:
             it never fires).
     """
 
-    def __init__(self, dec, stats: Mapping[str, _SiteStats], threshold: float, before: int,
+    def __init__(self, dec: Decomposition, stats: Mapping[str, SiteStats], threshold: float, before: int,
                  decode: Callable | None):
         self.dec = dec
         self._stats = dict(stats)
@@ -403,32 +250,36 @@ class Harvest:
             raise KeyError(f"{site!r} was not harvested; harvested sites: {self.sites}")
         return site
 
-    def _rows(self) -> list[tuple[str, int, int, float, str]]:
+    _COLUMNS = [("site", "site"), ("C", "C"), ("fired", "fired"), ("L0", "L0"),
+                ("densest", "densest (density)")]
+
+    def _rows(self) -> list[dict]:
         rows = []
         for s in self.sites:
             d = self.density[s]
             top = ", ".join(f"{c} ({d[c]:.3f})" for c in self.top(s, 5) if d[c] > 0)
-            rows.append((s, d.numel(), int((d > 0).sum()), float(d.sum()), top))
+            rows.append({"site": s, "C": d.numel(), "fired": int((d > 0).sum()),
+                         "L0": float(d.sum()), "densest": top})
         return rows
 
+    @staticmethod
+    def _fmt(key: str, v) -> str:
+        return f"{v:.2f}" if key == "L0" else format_cell(key, v)
+
     def __repr__(self) -> str:
-        lines = [f"Harvest over {self.n_tokens:,} tokens (fires = CI > {self.threshold:g})",
-                 f"  {'site':<26} {'C':>5} {'fired':>6} {'L0':>7}  densest"]
-        lines += [f"  {s:<26} {C:>5} {f:>6} {l0:>7.2f}  {top}" for s, C, f, l0, top in self._rows()]
-        return "\n".join(lines)
+        table = text_table(self._COLUMNS, self._rows(), self._fmt)
+        return "\n".join([f"Harvest over {self.n_tokens:,} tokens (fires = CI > {self.threshold:g})"]
+                         + ["  " + line for line in table.splitlines()])
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("site", "C", "fired", "L0", "densest (density)"))
-        body = "".join(f"<tr><td>{html.escape(s)}</td><td>{C}</td><td>{f}</td><td>{l0:.2f}</td>"
-                       f"<td>{html.escape(top)}</td></tr>" for s, C, f, l0, top in self._rows())
         return (f"<div><b>Harvest over {self.n_tokens:,} tokens</b> (fires = CI &gt; "
-                f"{self.threshold:g})<table><tr>{head}</tr>{body}</table></div>")
+                f"{self.threshold:g}){html_table(self._COLUMNS, self._rows(), self._fmt)}</div>")
 
 
 # ----------------------------------------------------------------------------- entry points
 @torch.no_grad()
 def harvest(
-    dec,
+    dec: Decomposition,
     data,
     *,
     sites: Sequence[str] | None = None,
@@ -455,12 +306,10 @@ def harvest(
     Returns:
         A :class:`Harvest`; ``harvest.subcomponent(site, c)`` gives a :class:`SubcomponentInfo`.
     """
-    from tqdm.auto import tqdm
-
     names = dec.sites if sites is None else [dec.site(s).name for s in sites]
     before, after = window
     comps = dec.components
-    stats = {s: _SiteStats(comps[s].C, top_k, before + after + 1) for s in names}
+    stats = {s: SiteStats(comps[s].C, top_k, before + after + 1) for s in names}
     total = None
     if torch.is_tensor(data):
         total = -(-(data.shape[0] if data.dim() == 2 else 1) // batch_size)
@@ -480,7 +329,7 @@ def harvest(
     return Harvest(dec, stats, threshold, before, decode)
 
 
-def subcomponent(dec, site: str, c: int, data=None, *, n_contexts: int = 10, n_tokens: int = 8,
+def subcomponent(dec: Decomposition, site: str, c: int, data=None, *, n_contexts: int = 10, n_tokens: int = 8,
                  decode: Callable | None = None, **harvest_kwargs) -> SubcomponentInfo:
     """Inspect subcomponent ``c`` of ``site``.
 
@@ -510,7 +359,7 @@ def subcomponent(dec, site: str, c: int, data=None, *, n_contexts: int = 10, n_t
 
 
 @torch.no_grad()
-def _weight_info(dec, site: str, c: int, sign: float, n_tokens: int,
+def _weight_info(dec: Decomposition, site: str, c: int, sign: float, n_tokens: int,
                  decode: Callable | None) -> SubcomponentInfo:
     comp, s = dec.components[site], dec.site(site)
     u, v = comp.U[:, c].detach().float(), comp.V[c].detach().float()

@@ -28,10 +28,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+
+from tl_vpd._typing import Float
+
+if TYPE_CHECKING:
+    from tl_vpd.decomposition import Decomposition
 
 __all__ = ["VPDHookedModel", "hooked", "mask_hook"]
 
@@ -47,7 +53,7 @@ class VPDHookedModel(HookedRootModule):
             (each site runs with its causal importances as masks).
     """
 
-    def __init__(self, dec, mask: str = "ones"):
+    def __init__(self, dec: Decomposition, mask: str = "ones"):
         super().__init__()
         if mask not in ("ones", "ci"):
             raise ValueError(f"mask must be 'ones' or 'ci', got {mask!r}")
@@ -116,9 +122,9 @@ class VPDHookedModel(HookedRootModule):
             return self.model(input, *args, **kwargs)
 
 
-def hooked(dec, mask: str = "ones") -> VPDHookedModel:
+def hooked(dec: Decomposition, mask: str = "ones") -> VPDHookedModel:
     """Wrap ``dec.model`` with ``{site}.hook_ci``/``hook_mask``/``hook_delta_mask`` hook points."""
-    if dec.backend.name != "hooked_transformer":
+    if not dec.backend.supports_hooked_view:
         raise NotImplementedError(f"hooked() wraps HookedTransformer targets; this decomposition's "
                                   f"backend is {dec.backend.name!r}")
     return VPDHookedModel(dec, mask)
@@ -128,7 +134,7 @@ def mask_hook(cs: Sequence[int], value: float = 0.0) -> Callable:
     """A hook for ``{site}.hook_mask`` that sets subcomponents ``cs`` to ``value`` (0 ablates)."""
     idx = list(cs)
 
-    def hook(mask: torch.Tensor, hook) -> torch.Tensor:
+    def hook(mask: Float[torch.Tensor, "*lead C"], hook) -> Float[torch.Tensor, "*lead C"]:
         mask = mask.clone()
         mask[..., idx] = value
         return mask
