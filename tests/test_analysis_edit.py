@@ -17,7 +17,8 @@ def test_edit_equals_masked_decomposition(planted, toks, alpha):
     edited = A.edit(dec, edits)
     masks = A.ablation_masks(dec, edits, toks.shape)
     ref = dec.run_masked(toks, masks)  # that mask at alpha, others 1, Δ on
-    assert (edited(toks) - ref).abs().max() <= 1e-5
+    # fp32 rounding scales with the logits (|logits| ≈ 42 here; each path is ~1e-5 from float64)
+    assert (edited(toks) - ref).abs().max() <= 1e-5 + 1e-6 * ref.abs().max()
     assert model.blocks[1].attn.W_Q.abs().sum() > 0 and dec.model is model  # original untouched
     assert not torch.equal(edited.blocks[1].attn.W_Q, model.blocks[1].attn.W_Q)
     # A plain HookedTransformer: TL's own tools see the edit.

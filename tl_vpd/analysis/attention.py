@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from tl_vpd import masking
 from tl_vpd._typing import Float, Int
 from tl_vpd.analysis.selection import Selection, check_selection, parse_selection, selection_label
 
@@ -105,15 +106,8 @@ def ablation_masks(dec: Decomposition, selection: Selection, lead: Sequence[int]
     """
     sel = parse_selection(selection)
     check_selection(dec, sel)
-    comps = dec.components
-    masks = {}
-    for site in [*sel, *(s for s in include if s not in sel)]:
-        w = comps[site].W
-        m = torch.ones(*lead, comps[site].C, dtype=w.dtype, device=w.device)
-        for c, alpha in sel.get(site, {}).items():
-            m[..., c] = alpha
-        masks[site] = m
-    return masks
+    sel.update({s: {} for s in include if s not in sel})
+    return masking.ablation_masks(dec.components, sel, lead)
 
 
 # ----------------------------------------------------------------------------- ablation
