@@ -1,70 +1,137 @@
-"""Seconds per training step and peak memory for each adversary setting.
+"""Seconds per training step, tokens/s and peak memory of a decomposition step.
 
     python benchmarks/train_step.py [--quick]
 
-Model: LLaMA-style 4 layers, d_model 128, 4 heads, d_mlp 512, C = 4·d_model = 512 per site
-(24 sites), B=8, T=128, shared-MLP CI. Each mode runs in its own process so peak RSS is its own.
-Target (training issue): persistent-PGD step ≤ 1.5× the stochastic-only step.
+Model (the speed issue's benchmark): LLaMA-style 4 layers (RMSNorm, rotary, gated SiLU MLP),
+d_model 128, 4 heads, d_mlp 512, vocab 4096, n_ctx 128; all 28 matrices decomposed at C = 512;
+batch 8 × 128 tokens; shared-MLP CI (64 hidden); uniform-k-subset routing.
+
+Rows: the target's own fp32 forward + backward, then stochastic-only, + fresh PGD-20 and
++ persistent PGD (2 inner steps), each in fp32 (``autocast="none"``) and in the default precision.
+Each row runs in its own process (so peak RSS is its own) and the rows are run in two interleaved
+rounds (median kept). "× floor" is s/step over the arithmetic floor: the step's matmul FLOPs
+(target forward + masked forward and backward per masked pass) at the matmul rate this machine
+measures for that precision. A second table checks that time grows linearly in tokens and in C.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 
 import torch
 
 from _common import bench_model, machine, peak_rss_gib, timeit
 
-MODES = {
+ADVERSARY = {
     "stochastic only": dict(adversary="none", coeff_adversarial=0.0),
-    "+ fresh PGD (20 steps)": dict(adversary="fresh", pgd_steps=20),
+    "+ fresh PGD-20": dict(adversary="fresh", pgd_steps=20),
     "+ persistent PGD (2 inner)": dict(adversary="persistent", ppgd_inner_steps=2),
-    "+ persistent PGD (0 inner)": dict(adversary="persistent", ppgd_inner_steps=0),
 }
+# Masked forward + backward passes per step, for the FLOP floor.
+PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1, "+ persistent PGD (2 inner)": 1 + 2 + 1}
 
 
-def run_mode(name: str, B: int, T: int, reps: int) -> dict:
+def gated_model():
+    return bench_model(act_fn="silu", gated=True)
+
+
+def step_flops(model, C: int, B: int, T: int, passes: int) -> float:
+    """Matmul FLOPs of one step: target forward, and per masked pass a forward and a backward
+    (≈ 2× the forward) of the model plus the factorized term 2·C·(d_in + d_out) per site."""
+    cfg = model.cfg
+    tok = B * T
+    d, m = cfg.d_model, cfg.d_mlp
+    per_layer = 4 * d * d + 3 * d * m  # W_Q, W_K, W_V, W_O, W_in, W_gate, W_out
+    dense = 2 * (cfg.n_layers * per_layer + d * cfg.d_vocab) * tok
+    attn = cfg.n_layers * 2 * 2 * B * T * T * d
+    factor = cfg.n_layers * (4 * 2 * C * 2 * d + 3 * 2 * C * (d + m)) * tok
+    target = dense + attn
+    return target + passes * 3 * (target + factor)
+
+
+def matmul_rate(dtype: torch.dtype) -> float:
+    """FLOP/s of a 1024³ matmul in ``dtype`` on this machine (best of 5)."""
+    a = torch.randn(1024, 1024, dtype=dtype)
+    b = torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    best = min(timeit(lambda: a @ b, 1, warmup=0) for _ in range(5))
+    return 2 * 1024**3 / best
+
+
+def run_row(name: str, autocast: str, B: int, T: int, C: int, reps: int) -> dict:
     import tl_vpd
 
-    model = bench_model()
-    toks = torch.randint(0, model.cfg.d_vocab, (max(B * 4, 32), T), generator=torch.Generator().manual_seed(0))
+    model = gated_model()
+    toks = torch.randint(0, model.cfg.d_vocab, (max(4 * B, 32), T),
+                         generator=torch.Generator().manual_seed(0))
     if name == "target fwd+bwd":
         for p in model.parameters():
             p.requires_grad_(True)
         t = timeit(lambda: model(toks[:B], return_type="loss").backward(), reps)
         return {"s": t, "rss": peak_rss_gib()}
-    cfg = tl_vpd.VPDConfig(C=4 * model.cfg.d_model, batch_size=B, seq_len=T, steps=1000,
-                           progress=False, faithfulness_warmup_steps=0, **MODES[name])
+    cfg = tl_vpd.VPDConfig(C=C, batch_size=B, seq_len=T, steps=1000, progress=False,
+                           faithfulness_warmup_steps=0, autocast=autocast, **ADVERSARY[name])
     trainer = tl_vpd.Trainer(model, cfg, toks)
     t = timeit(lambda: trainer.train_step(trainer.stream.next()), reps)
     return {"s": t, "rss": peak_rss_gib()}
 
 
+def _child(name, autocast, B, T, C, reps):
+    cmd = [sys.executable, __file__, "--row", json.dumps([name, autocast, B, T, C, reps])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="small batch, few repeats (CI)")
-    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="small batch and C, 1 round (CI)")
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    ap.add_argument("--no-scaling", action="store_true", help="skip the linearity table")
     args = ap.parse_args()
-    B, T, reps = (2, 32, 2) if args.quick else (8, 128, 2)
-    if args.mode:
-        print(json.dumps(run_mode(args.mode, B, T, reps)))
+    if args.row:
+        print(json.dumps(run_row(*json.loads(args.row))))
         return
-    print(f"machine: {machine()}; B={B}, T={T}, C=512 per site, 24 sites, shared_mlp CI")
-    rows = {}
-    for name in ["target fwd+bwd", *MODES]:
-        cmd = [sys.executable, __file__, "--mode", name] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows[name] = json.loads(out.strip().splitlines()[-1])
-    base = rows["target fwd+bwd"]["s"]
-    stoch = rows["stochastic only"]["s"]
-    print(f"{'mode':<30}{'s/step':>9}{'× target':>10}{'× stoch':>9}{'peak RSS GiB':>14}")
-    for name, r in rows.items():
-        print(f"{name:<30}{r['s']:>9.3f}{r['s'] / base:>10.2f}{r['s'] / stoch:>9.2f}{r['rss']:>14.2f}")
-    ratio = rows["+ persistent PGD (2 inner)"]["s"] / stoch
-    print(f"persistent PGD (paper's 2 inner steps) / stochastic-only = {ratio:.2f} (target ≤ 1.5)")
+    import tl_vpd
+
+    default = tl_vpd.VPDConfig().autocast
+    B, T, C, reps, rounds = (2, 32, 64, 1, 1) if args.quick else (8, 128, 512, 3, 2)
+    rows = [("target fwd+bwd", "none")] + [(n, a) for n in ADVERSARY for a in ("none", default)]
+    results = {r: [] for r in rows}
+    t0 = time.time()
+    for _ in range(rounds):  # interleaved rounds: load from elsewhere hits every row alike
+        for name, ac in rows:
+            results[(name, ac)].append(_child(name, ac, B, T, C, reps))
+    res = {k: {"s": statistics.median(x["s"] for x in v), "rss": max(x["rss"] for x in v)}
+           for k, v in results.items()}
+    model = gated_model()
+    rate = {"none": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
+    print(f"machine: {machine()}; B={B}, T={T}, C={C} per site, 28 sites, shared_mlp CI; "
+          f"matmul rate fp32 {rate['none'] / 1e9:.0f} GFLOP/s, bf16 {rate['bfloat16'] / 1e9:.0f} GFLOP/s")
+    base = res[("target fwd+bwd", "none")]["s"]
+    print(f"{'mode':<28}{'autocast':>10}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
+          f"{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")
+    for (name, ac), r in res.items():
+        stoch = res.get(("stochastic only", ac), r)["s"]
+        fl = step_flops(model, C, B, T, PASSES.get(name, 0)) if name in PASSES else None
+        floor = "" if fl is None else f"{r['s'] / (fl / rate[ac]):>9.1f}"
+        gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
+        print(f"{name:<28}{ac:>10}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
+              f"{r['s'] / stoch:>9.2f}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
+    p = res[("+ persistent PGD (2 inner)", default)]["s"] / res[("stochastic only", default)]["s"]
+    print(f"persistent PGD (2 inner) / stochastic-only, {default}: {p:.2f} (target ≤ 1.5)")
+    if not args.no_scaling:
+        print(f"\nlinearity ({default}, stochastic only; time ÷ base should track the factor):")
+        print(f"{'B·T':>8}{'C':>6}{'s/step':>9}{'× base':>8}")
+        cases = [(B, T, C), (2 * B, T, C), (4 * B, T, C), (B, T, 2 * C), (B, T, 4 * C)]
+        times = [_child("stochastic only", default, b, t, c, reps)["s"] for b, t, c in cases]
+        for (b, t, c), s in zip(cases, times):
+            print(f"{b * t:>8}{c:>6}{s:>9.3f}{s / times[0]:>8.2f}")
+    print(f"(total {time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ backend only inside :meth:`Decomposition.masked`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,16 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 @dataclass
 class CIResult:
-    """Causal importances of one batch: the pre-activations and the lower-leaky view used for
-    masks (``[*lead, C]`` per site). The minimality losses take the upper-leaky view of ``pre``
-    themselves (:func:`tl_vpd.importance.upper_leaky_sigmoid`)."""
+    """Causal importances of one batch: the pre-activations and (computed on first use) the
+    lower-leaky view used for masks (``[*lead, C]`` per site). The minimality losses take the
+    upper-leaky view of ``pre`` themselves (:func:`tl_vpd.importance.upper_leaky_sigmoid`)."""
 
     pre: dict[str, Float[torch.Tensor, "*lead _C"]]
-    lower: dict[str, Float[torch.Tensor, "*lead _C"]]
+    alpha: float
+
+    @functools.cached_property
+    def lower(self) -> dict[str, Float[torch.Tensor, "*lead _C"]]:
+        return {k: lower_leaky_sigmoid(z, self.alpha) for k, z in self.pre.items()}
 
 
 class Decomposition(nn.Module):
@@ -208,10 +213,9 @@ class Decomposition(nn.Module):
         for n in self._sites:
             x = site_inputs[n].to(dtype)
             xs[n] = x.mean(-2) if self._sites[n].per_head_input else x
-        acts = {n: self.components[n].inner_acts(xs[n]) for n in self._sites}
-        pre = self.ci_fn(xs, acts)
-        alpha = self.spec.leaky_alpha
-        return CIResult(pre, {k: lower_leaky_sigmoid(z, alpha) for k, z in pre.items()})
+        acts = ({n: self.components[n].inner_acts(xs[n]) for n in self._sites}
+                if self.ci_fn.uses_inner_acts else {})
+        return CIResult(self.ci_fn(xs, acts), self.spec.leaky_alpha)
 
     @torch.no_grad()
     def causal_importance(self, inputs) -> dict[str, Float[torch.Tensor, "... C"]]:

@@ -71,8 +71,11 @@ class CausalImportance(nn.Module):
     """Base class: ``forward(inputs, inner_acts) -> {site: pre-activations [..., C]}``.
 
     ``inputs[site]`` is the site's input ``[..., d_in]`` (per-head inputs are averaged over
-    heads by the caller) and ``inner_acts[site]`` is ``x Vᵀ`` ``[..., C]``.
+    heads by the caller) and ``inner_acts[site]`` is ``x Vᵀ`` ``[..., C]`` — computed only for
+    functions that read it (``uses_inner_acts``), since it is a full matmul per site.
     """
+
+    uses_inner_acts = False
 
     def __init__(self, site_dims: Mapping[str, tuple[int, int]]):
         super().__init__()
@@ -82,6 +85,8 @@ class CausalImportance(nn.Module):
 
 class PerSubcomponentMLP(CausalImportance):
     """``mlp``: ``g_c = σ(MLP_c(v_c · x))``, one tiny scalar MLP per subcomponent."""
+
+    uses_inner_acts = True
 
     def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)

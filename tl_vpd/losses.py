@@ -27,6 +27,7 @@ __all__ = [
     "recon_loss",
     "importance_minimality_loss",
     "frequency_minimality_loss",
+    "minimality_from_frequencies",
     "minimality_loss",
 ]
 
@@ -185,7 +186,27 @@ def minimality_loss(
     Returns:
         A scalar tensor.
     """
-    frequencies = _firing_frequencies(ci_upper, p, eps)
+    return minimality_from_frequencies(_firing_frequencies(ci_upper, p, eps), freq_beta,
+                                       ref_tokens, global_mean)
+
+
+def minimality_from_frequencies(
+    frequencies: Mapping[str, Float[Tensor, "_C"]],
+    freq_beta: float,
+    ref_tokens: int,
+    global_mean: Callable[[Tensor], Tensor] | None = None,
+) -> Float[Tensor, ""]:
+    """:func:`minimality_loss` from the per-subcomponent frequencies
+    ``f_c = mean_{b,t} (|g_c| + eps)^p`` (the training step computes them with the fused
+    :func:`tl_vpd.fused.firing_frequency`).
+
+    Arguments:
+        frequencies: site -> ``[C]``.
+        freq_beta, ref_tokens, global_mean: as in :func:`minimality_loss`.
+
+    Returns:
+        A scalar tensor.
+    """
     if global_mean is not None:
         frequencies = {k: global_mean(f) for k, f in frequencies.items()}
     importance = sum(f.sum() for f in frequencies.values())

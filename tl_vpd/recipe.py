@@ -13,7 +13,8 @@ Adding a loss: a coefficient field in :class:`~tl_vpd.VPDConfig`, a formula in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
@@ -22,9 +23,9 @@ from tl_vpd.adversary import PersistentSources, fresh_pgd, init_sources
 from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import Shard
-from tl_vpd.importance import lower_leaky_sigmoid, upper_leaky_sigmoid
-from tl_vpd.losses import faithfulness_loss, minimality_loss, recon_loss
-from tl_vpd.masking import masks_from_sources, sample_routing, sample_sources, zero_delta_sources
+from tl_vpd.fused import firing_frequency, routed_masks
+from tl_vpd.losses import faithfulness_loss, minimality_from_frequencies, recon_loss
+from tl_vpd.masking import sample_routing, sample_sources, zero_delta_sources
 
 __all__ = ["step_losses"]
 
@@ -43,6 +44,7 @@ def step_losses(
     generator: torch.Generator,
     shard: Shard,
     adversary: PersistentSources | None,
+    amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> Iterator[tuple[str, float, torch.Tensor]]:
     """The losses of one training step, each with its coefficient (VPD paper; SPD with the
     ``spd`` preset's coefficients).
@@ -59,6 +61,7 @@ def step_losses(
             resumed run draws exactly what an uninterrupted one does.
         shard: the data-parallel group (draws are made at the global batch size).
         adversary: the persistent sources when ``cfg.adversary == "persistent"``.
+        amp: a fresh autocast context for each masked forward (the backward runs outside it).
 
     Yields:
         ``(name, coeff, loss)``; a loss drawn several times per step (stochastic samples,
@@ -68,55 +71,60 @@ def step_losses(
     device = next(iter(dec.components.values())).U.device
     lead = next(iter(pre.values())).shape[:-1]
 
-    def lower_view() -> CI:  # a fresh node per loss, so each backward frees only its own graph
-        return {k: lower_leaky_sigmoid(v, alpha) for k, v in pre.items()}
+    def masks(src: Mapping[str, torch.Tensor], routes, sites=None, frozen: bool = False):
+        """Masks from the CI (live, or ``frozen``) and sources; one fused node per site, so each
+        loss's backward frees only its own graph (:mod:`tl_vpd.fused`)."""
+        ms, dms = {}, {}
+        for k in sites or pre:
+            z = pre[k].detach() if frozen else pre[k]
+            ms[k], dms[k] = routed_masks(z, src[k], None if routes is None else routes[k], alpha)
+        return ms, dms
 
-    def sources(ci: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        drawn = sample_sources(ci, generator, shard)
+    def sources(sites=None) -> dict[str, torch.Tensor]:
+        drawn = sample_sources({k: pre[k] for k in sites or pre}, generator, shard)
         return drawn if cfg.use_delta_component else zero_delta_sources(drawn)
 
     def routing():
         return sample_routing(dec.sites, lead, cfg.routing, generator, device=device, shard=shard)
 
-    upper = {k: upper_leaky_sigmoid(v, alpha) for k, v in pre.items()}
+    def recon(ms, dms) -> torch.Tensor:
+        with amp():
+            out = dec.run_masked(batch, ms, dms)
+        return recon_loss(target, out, recon_kind)
+
     if cfg.coeff_faithfulness > 0:
         yield ("faithfulness", cfg.coeff_faithfulness,
                faithfulness_loss([c.delta for c in dec.components.values()]))
     if cfg.coeff_minimality > 0:
+        freqs = {k: firing_frequency(z, p, cfg.importance_eps, alpha) for k, z in pre.items()}
         yield ("minimality", cfg.coeff_minimality,
-               minimality_loss(upper, p, cfg.importance_eps, cfg.freq_beta, cfg.freq_ref_tokens,
-                               global_mean=shard.global_mean_value if shard.enabled else None))
+               minimality_from_frequencies(freqs, cfg.freq_beta, cfg.freq_ref_tokens,
+                                           shard.global_mean_value if shard.enabled else None))
     if cfg.coeff_stochastic > 0:
         for _ in range(cfg.n_mask_samples):
-            lower = lower_view()
-            src = sources(lower)
-            masks, dmasks = masks_from_sources(lower, src, routing())
+            src = sources()
             yield ("stochastic", cfg.coeff_stochastic / cfg.n_mask_samples,
-                   recon_loss(target, dec.run_masked(batch, masks, dmasks), recon_kind))
+                   recon(*masks(src, routing())))
     if cfg.coeff_layerwise > 0:  # SPD: one forward per site, that site alone masked
         for site in dec.sites:
-            lower = {site: lower_view()[site]}
-            masks, dmasks = masks_from_sources(lower, sources(lower))
             yield ("layerwise", cfg.coeff_layerwise / len(dec.sites),
-                   recon_loss(target, dec.run_masked(batch, masks, dmasks), recon_kind))
+                   recon(*masks(sources([site]), None, [site])))
     if cfg.adversary != "none":
         yield ("adversarial", cfg.coeff_adversarial,
-               _adversarial_loss(cfg, dec, batch, target, lower_view(), routing(),
-                                 recon_kind=recon_kind, generator=generator, shard=shard,
-                                 adversary=adversary))
+               _adversarial_loss(cfg, pre, masks, recon, routing(), generator=generator,
+                                 shard=shard, adversary=adversary))
 
 
-def _adversarial_loss(cfg: VPDConfig, dec: Decomposition, batch, target, lower: CI, routing,
-                      *, recon_kind: str, generator: torch.Generator, shard: Shard,
+def _adversarial_loss(cfg: VPDConfig, pre: CI, masks, recon, routes, *,
+                      generator: torch.Generator, shard: Shard,
                       adversary: PersistentSources | None) -> torch.Tensor:
     """Search sources that maximise the reconstruction loss (CI frozen), then the loss with
     them as masks (CI live): fresh PGD, or persistent sources (VPD paper)."""
-    frozen_ci = {k: v.detach() for k, v in lower.items()}
+    frozen_ci = {k: v.detach() for k, v in pre.items()}  # gives the sources' shapes
 
-    def adv_loss(src, ci=frozen_ci):
+    def adv_loss(src, frozen=True):
         src = src if cfg.use_delta_component else zero_delta_sources(src)
-        masks, dmasks = masks_from_sources(ci, src, routing)
-        return recon_loss(target, dec.run_masked(batch, masks, dmasks), recon_kind)
+        return recon(*masks(src, routes, frozen=frozen))
 
     if cfg.adversary == "fresh":
         start = init_sources(frozen_ci, cfg.pgd_scope, cfg.pgd_init, generator, shard)
@@ -127,4 +135,4 @@ def _adversarial_loss(cfg: VPDConfig, dec: Decomposition, batch, target, lower: 
         # The outer pass: its backward trains U, V, CI and leaves .grad on the sources for
         # one more ascent step after the optimiser step.
         found = adversary.current(frozen_ci, generator)
-    return adv_loss(found, ci=lower)
+    return adv_loss(found, frozen=False)

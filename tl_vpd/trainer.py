@@ -73,6 +73,8 @@ class Trainer:
                                  d_vocab=getattr(mcfg, "d_vocab", None) if is_lm else None)
         self.eval_data = eval_data
         self.recon_kind = cfg.recon_loss if cfg.recon_loss != "auto" else ("kl" if is_lm else "mse")
+        self.device = next(iter(self.dec.components.values())).U.device
+        self.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and is_lm)
         self.callbacks = list(callbacks)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -151,6 +153,10 @@ class Trainer:
         self.warmup_done = True
         self.history.append({"step": 0, "warmup/faithfulness": loss.item()})
 
+    def _amp(self):
+        """A fresh autocast context for a forward pass (``cfg.autocast``; see :class:`VPDConfig`)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
     def train_step(self, batch) -> dict:
         """One optimisation step on ``batch``; returns the losses as floats."""
         cfg, dec = self.cfg, self.dec
@@ -160,21 +166,25 @@ class Trainer:
         p = p_schedule(self.step, cfg.steps, cfg.p_start, cfg.p_end,
                        cfg.p_anneal_start_frac, cfg.p_anneal_end_frac)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
+        with torch.no_grad(), self._amp():
             target, inputs = dec.run_target(batch)
-        ci = dec.ci(inputs)
-        pre = {k: v.detach().requires_grad_(True) for k, v in ci.pre.items()}
+        with self._amp():
+            ci = dec.ci(inputs)
+        # The leaf the losses differentiate: fp32 even under autocast (masks and minimality are
+        # elementwise math over every token and subcomponent, where bf16 would lose precision).
+        pre = {k: v.detach().float().requires_grad_(True) for k, v in ci.pre.items()}
         drawn: dict[str, list[torch.Tensor]] = {}
         for name, coeff, loss in step_losses(
                 cfg, dec, batch, target, pre, p=p, recon_kind=self.recon_kind,
-                generator=self.generator, shard=self.shard, adversary=self.adversary):
+                generator=self.generator, shard=self.shard, adversary=self.adversary,
+                amp=self._amp):
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the {name} loss is {loss.item()} at step {self.step}; the decomposition "
                     "keeps its last good state (this step is not applied)", dec, self.step)
             (coeff * loss).backward()  # frees this loss's graph before the next forward
             drawn.setdefault(name, []).append(loss.detach())
-        grads = [(ci.pre[k], pre[k].grad) for k in pre if pre[k].grad is not None]
+        grads = [(ci.pre[k], pre[k].grad.to(ci.pre[k].dtype)) for k in pre if pre[k].grad is not None]
         if grads:
             torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
         if self.shard.enabled:  # data parallel: average gradients across ranks

@@ -1,0 +1,61 @@
+"""The fused CI-side kernels equal the chains of autograd ops they replace (values and grads)."""
+
+import pytest
+import torch
+
+from tl_vpd.fused import firing_frequency, routed_masks
+from tl_vpd.importance import lower_leaky_sigmoid, upper_leaky_sigmoid
+from tl_vpd.losses import _firing_frequencies
+from tl_vpd.masking import masks_from_sources
+
+
+def _z(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (1.5 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+
+@pytest.mark.parametrize("p", [2.0, 0.9, 0.4])
+def test_firing_frequency_matches_upper_view_chain(p):
+    z = _z(3, 5, 7)
+    w = torch.randn(7, dtype=torch.float64)
+    ref = _firing_frequencies({"s": upper_leaky_sigmoid(z, 0.01)}, p, 1e-12)["s"]
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), z)
+    out = firing_frequency(z, p, 1e-12, 0.01)
+    (g_out,) = torch.autograd.grad((out * w).sum(), z)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["per_token", "shared", "bank"])
+@pytest.mark.parametrize("routed", [False, True])
+def test_routed_masks_match_masks_from_sources(scope, routed):
+    B, T, C = 3, 4, 6
+    z = _z(B, T, C, seed=1)
+    shape = {"per_token": (B, T, C + 1), "shared": (C + 1,), "bank": (B, 1, C + 1)}[scope]
+    r = torch.rand(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    r.requires_grad_(True)
+    route = torch.rand(B, T, generator=torch.Generator().manual_seed(3)) < 0.5 if routed else None
+    wm = torch.randn(B, T, C, dtype=torch.float64)
+    wd = torch.randn(B, T, dtype=torch.float64)
+
+    m_ref, md_ref = masks_from_sources({"s": lower_leaky_sigmoid(z, 0.01)}, {"s": r},
+                                       None if route is None else {"s": route})
+    ref = (m_ref["s"] * wm).sum() + (md_ref["s"] * wd).sum()
+    gz_ref, gr_ref = torch.autograd.grad(ref, (z, r))
+
+    m, md = routed_masks(z, r, route, 0.01)
+    out = (m * wm).sum() + (md * wd).sum()
+    gz, gr = torch.autograd.grad(out, (z, r))
+    torch.testing.assert_close(m, m_ref["s"])
+    torch.testing.assert_close(md, md_ref["s"])
+    torch.testing.assert_close(gz, gz_ref)
+    torch.testing.assert_close(gr, gr_ref)
+
+
+def test_routed_masks_leak_only_raises_z():
+    """Below 0 the gradient leaks (×α) only when descent would raise z (negative gradient)."""
+    z = torch.tensor([[-0.5, -0.5, 0.5]], requires_grad=True)
+    r = torch.zeros(4)
+    m, _ = routed_masks(z, r, None, 0.1)
+    (m * torch.tensor([[-1.0, 1.0, 1.0]])).sum().backward()
+    torch.testing.assert_close(z.grad, torch.tensor([[-0.1, 0.0, 1.0]]))
