@@ -5,7 +5,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from jaxtyping import install_import_hook  # noqa: E402
 
-# Runtime shape checking for the whole package in the test suite (STYLE.md §3).
+# Runtime shape checking for the whole package in the test suite: a wrong tensor shape fails loudly here.
 _hook = install_import_hook("tl_vpd", "beartype.beartype")
 
 import torch  # noqa: E402
