@@ -11,13 +11,16 @@ import time
 import torch
 
 
-def bench_model(d_model=128, n_layers=4, n_heads=4, d_mlp=512, n_ctx=128, d_vocab=4096, seed=0):
-    """The benchmark target: a LLaMA-style 4-layer model like the VPD paper's, scaled down."""
+def bench_model(d_model=128, n_layers=4, n_heads=4, d_mlp=512, n_ctx=128, d_vocab=4096, seed=0,
+                act_fn="gelu", gated=False):
+    """The benchmark target: a LLaMA-style 4-layer model like the VPD paper's, scaled down
+    (``gated=True, act_fn="silu"``: the gated SiLU MLP, 28 decomposed matrices)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig  # TL 3.x only
 
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
-        d_mlp=d_mlp, n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu", normalization_type="RMS",
+        d_mlp=d_mlp, n_ctx=n_ctx, d_vocab=d_vocab, act_fn=act_fn, gated_mlp=gated,
+        normalization_type="RMS",
         positional_embedding_type="rotary", final_rms=True, seed=seed)
     model = HookedTransformer(cfg).eval()
     for p in model.parameters():
