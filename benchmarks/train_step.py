@@ -109,9 +109,10 @@ def main():
     res = {k: {"s": statistics.median(x["s"] for x in v), "rss": max(x["rss"] for x in v)}
            for k, v in results.items()}
     model = gated_model()
-    rate = {"none": matmul_rate(torch.float32), "bfloat16": matmul_rate(torch.bfloat16)}
+    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
+    rate = {"none": fp32, "bfloat16": bf16, "auto": bf16}  # "auto" is bf16 on a language model
     print(f"machine: {machine()}; B={B}, T={T}, C={C} per site, 28 sites, shared_mlp CI; "
-          f"matmul rate fp32 {rate['none'] / 1e9:.0f} GFLOP/s, bf16 {rate['bfloat16'] / 1e9:.0f} GFLOP/s")
+          f"matmul rate fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
     base = res[("target fwd+bwd", "none")]["s"]
     print(f"{'mode':<28}{'autocast':>10}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
           f"{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")

@@ -71,3 +71,29 @@ def test_nan_loss_stops_with_last_good_state():
         tl_vpd.decompose(model, cfg.replace(log_every=1), corpus(), callbacks=[poison])
     dec = err.value.decomposition
     assert all(torch.isfinite(c.U).all() and torch.isfinite(c.V).all() for c in dec.components.values())
+
+
+def test_autocast_step_matches_fp32_step():
+    """A bf16-autocast step computes the same losses as an fp32 one up to bf16 rounding, and
+    really runs in bf16 (the values are not identical); parameters and their grads stay fp32."""
+    model = make_model("gpt2")
+    toks = corpus()
+    steps = {}
+    for ac in ("none", "bfloat16"):
+        tr = tl_vpd.Trainer(model, small_cfg(autocast=ac, faithfulness_warmup_steps=0), toks)
+        steps[ac] = tr.train_step(tr.stream.next())
+        assert all(p.dtype == torch.float32 for p in tr.dec.parameters())
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in tr.dec.parameters())
+    for k in ("stochastic", "adversarial", "minimality", "faithfulness", "l0"):
+        a, b = steps["none"][k], steps["bfloat16"][k]
+        assert abs(a - b) <= 0.03 * abs(a) + 1e-6, (k, a, b)
+    assert steps["none"]["stochastic"] != steps["bfloat16"]["stochastic"]
+
+
+def test_autocast_auto_is_bf16_for_language_models_only():
+    from tl_vpd.toy_models import TMS
+
+    lm = tl_vpd.Trainer(make_model("gpt2"), small_cfg(), corpus())
+    toy = tl_vpd.Trainer(TMS(5, 2), small_cfg(seq_len=1), lambda n, g: torch.rand(n, 5, generator=g))
+    assert lm.autocast and not toy.autocast
+    assert not tl_vpd.Trainer(make_model("gpt2"), small_cfg(autocast="none"), corpus()).autocast

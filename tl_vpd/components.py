@@ -98,22 +98,27 @@ class SiteComponents(nn.Module):
             The masked output, shaped like ``out``.
         """
         dtype = out.dtype
-        x = x.to(self.V.dtype)
-        md = None if delta_mask is None else delta_mask.to(self.V.dtype)
-        coef = mask.to(self.V.dtype) if md is None else mask.to(self.V.dtype) - md[..., None]
+        # Under autocast the whole site computes in the autocast dtype (bf16): casting the
+        # activations up to the parameters' dtype would only be undone by the next matmul.
+        device = x.device.type
+        cdt = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+               else self.V.dtype)
+        x = x.to(cdt)
+        md = None if delta_mask is None else delta_mask.to(cdt)
+        coef = mask.to(cdt) if md is None else mask.to(cdt) - md[..., None]
         if md is None:
             coef = coef - 1.0
         if self.per_head_input:
             h = x.shape[-2]
             hidden = (x @ self.V.T) * coef.unsqueeze(-2)  # [*lead, h, C]
             factor = torch.einsum("...hc,hdc->...hd", hidden, self.U.view(h, -1, self.C))
-            bias = 0.0 if self.bias is None else self.bias.view(h, -1)
+            bias = 0.0 if self.bias is None else self.bias.view(h, -1).to(cdt)
             scale = 1.0 if md is None else md[..., None, None]
         else:
             factor = ((x @ self.V.T) * coef) @ self.U.T
-            bias = 0.0 if self.bias is None else self.bias
+            bias = 0.0 if self.bias is None else self.bias.to(cdt)
             scale = 1.0 if md is None else md[..., None]
-        target_part = out.to(self.V.dtype) - bias
+        target_part = out.to(cdt) - bias
         return (factor + scale * target_part + bias).to(dtype)
 
     def materialized_output(

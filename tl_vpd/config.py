@@ -148,6 +148,10 @@ class VPDConfig:
     # tensor cores on GPU); fp32 for toy models, where bf16 saves nothing. Parameters, gradients,
     # losses and the CI-side elementwise math stay fp32.
     autocast: AutocastKind = "auto"
+    # library choice: run the fused CI-side kernels (tl_vpd.fused) through torch.compile; off by
+    # default because the first step then compiles for tens of seconds (needs a C++ compiler on
+    # CPU, Triton on GPU)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         validate_fields(self, checks=_CUSTOM_CHECKS, removed=_REMOVED_OPTIONS)

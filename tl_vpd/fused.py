@@ -1,97 +1,139 @@
-"""Fused elementwise kernels of the causal-importance side of a training step.
+"""Fused kernels for the causal-importance side of a training step (VPD paper: masks
+``m = g + (1 − g) r`` from the lower leaky view of ``g = σ_H(z)``; minimality over the upper view).
 
-The leaky hard sigmoids, the masks built from them and the minimality frequencies are chains of
-elementwise operations over every token × subcomponent of every site ([batch, pos, C] per site),
-which dominate a CPU step when written as separate autograd nodes (each node is one pass over
-memory and keeps its inputs alive). Here each chain is one autograd Function with a hand-written
-backward that recomputes what it needs from ``z`` (VPD paper §2: masks m = g + (1 − g) r,
-leaky views of g = σ_H(z); minimality over the upper view).
+Written as chains of autograd ops, these are dozens of passes over every token × subcomponent of
+every site (``[batch, pos, C]`` each), each keeping its inputs alive for the backward — on a CPU
+they cost more than the matmuls. Here each chain is one autograd Function whose backward
+recomputes what it needs from ``z``. The forward and backward bodies are plain tensor functions;
+with ``compiled=True`` they run through ``torch.compile`` (one fused loop each; the first call
+of each shape compiles for some seconds).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+from tl_vpd._typing import Bool, Float
 
 __all__ = ["firing_frequency", "routed_masks"]
 
 
-class _FiringFrequency(torch.autograd.Function):
-    """f_c = mean over tokens of (upper(z) + eps)^p, upper(z) = clamp(z, 0, 1) + α·max(z − 1, 0)."""
+# ------------------------------------------------------------------------------- kernels
+def _upper(z, alpha: float):
+    """Upper leaky hard sigmoid: 0 below 0, z on [0, 1], 1 + α(z − 1) above (a new tensor)."""
+    return z.clamp(0.0, 1.0).add_((z - 1.0).clamp_min_(0.0), alpha=alpha)
 
+
+def _freq_fwd(z, p, eps: float, alpha: float):
+    return _upper(z, alpha).add_(eps).pow_(p).flatten(0, -2).mean(0)
+
+
+def _freq_bwd(z, grad_f, p, eps: float, alpha: float):
+    n = z.numel() // z.shape[-1]
+    # d/dz (u + eps)^p = p (u + eps)^(p − 1) u'(z), with u' = 1 on [0, 1], α above, 0 below.
+    slope = torch.where(z > 1, alpha, (z >= 0).to(z.dtype))
+    return _upper(z, alpha).add_(eps).pow_(p - 1.0).mul_(slope).mul_(grad_f * (p / n))
+
+
+def _masks_fwd(z, r, route):
+    g = z.clamp(0.0, 1.0)
+    m = torch.addcmul(g, 1.0 - g, r[..., :-1])  # g + (1 − g) r
+    md = r[..., -1].expand(z.shape[:-1])
+    if route is not None:
+        m = torch.where(route[..., None], m, 1.0)
+        md = torch.where(route, md, 1.0)
+    return m, md
+
+
+def _masks_bwd_z(z, r, route, gm, alpha: float):
+    G = gm * (1.0 - r[..., :-1])  # dm/dg = 1 − r where routed
+    if route is not None:
+        G = torch.where(route[..., None], G, 0.0)
+    # Lower leaky sigmoid: pass on (0, 1); below 0 leak ×α only gradients that raise z.
+    inside = (z > 0) & (z < 1)
+    rising = (z <= 0) & (G < 0)
+    return torch.where(inside, G, torch.where(rising, alpha * G, 0.0))
+
+
+def _masks_bwd_r(z, route, gm, gmd):
+    gc = gm * (1.0 - z.clamp(0.0, 1.0))  # dm/dr = 1 − g where routed
+    if route is not None:
+        gc = torch.where(route[..., None], gc, 0.0)
+        gmd = torch.where(route, gmd, 0.0)
+    return torch.cat([gc, gmd[..., None]], -1)
+
+
+_KERNELS = {"freq_fwd": _freq_fwd, "freq_bwd": _freq_bwd, "masks_fwd": _masks_fwd,
+            "masks_bwd_z": _masks_bwd_z, "masks_bwd_r": _masks_bwd_r}
+
+
+@functools.cache
+def _kernel(name: str, compiled: bool):
+    fn = _KERNELS[name]
+    return torch.compile(fn, dynamic=False) if compiled else fn
+
+
+# ------------------------------------------------------------------------------- functions
+class _FiringFrequency(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, p: float, eps: float, alpha: float):
-        u = _upper(z, alpha)
-        u.add_(eps).pow_(p)
-        ctx.save_for_backward(z)
-        ctx.p, ctx.eps, ctx.alpha = p, eps, alpha
-        return u.flatten(0, -2).mean(0)
+    def forward(ctx, z, p, eps: float, alpha: float, compiled: bool):
+        ctx.save_for_backward(z, p)
+        ctx.eps, ctx.alpha, ctx.compiled = eps, alpha, compiled
+        return _kernel("freq_fwd", compiled)(z, p, eps, alpha)
 
     @staticmethod
     def backward(ctx, grad_f):
-        (z,) = ctx.saved_tensors
-        n = z.numel() // z.shape[-1]
-        u = _upper(z, ctx.alpha)
-        # d/dz (u + eps)^p = p (u + eps)^(p−1) u'(z), u' = 1 on [0, 1], α above, 0 below.
-        g = u.add_(ctx.eps).pow_(ctx.p - 1.0).mul_(grad_f * (ctx.p / n))
-        slope = torch.where(z > 1, ctx.alpha, (z >= 0).to(z.dtype))
-        return g.mul_(slope), None, None, None
+        z, p = ctx.saved_tensors
+        return _kernel("freq_bwd", ctx.compiled)(z, grad_f, p, ctx.eps, ctx.alpha), None, None, None, None
 
 
-def _upper(z: torch.Tensor, alpha: float) -> torch.Tensor:
-    u = z.clamp(0.0, 1.0)
-    return u.add_((z - 1.0).clamp_min_(0.0), alpha=alpha)
-
-
-def firing_frequency(z: torch.Tensor, p: float, eps: float, alpha: float) -> torch.Tensor:
-    """``mean_{tokens} (upper_leaky(z) + eps)^p`` per subcomponent, ``[C]``, in at least fp32."""
+def firing_frequency(z: Float[torch.Tensor, "*lead C"], p: float, eps: float, alpha: float,
+                     compiled: bool = False) -> Float[torch.Tensor, " C"]:
+    """``mean_{tokens} (upper_leaky(z) + eps)^p`` per subcomponent, in at least fp32: the
+    frequencies of :func:`tl_vpd.losses.minimality_loss`, straight from the pre-activations."""
     z = z.to(torch.promote_types(z.dtype, torch.float32))
-    return _FiringFrequency.apply(z, float(p), float(eps), float(alpha))
+    p = torch.tensor(float(p), dtype=z.dtype, device=z.device)  # a tensor: no recompile per p
+    return _FiringFrequency.apply(z, p, float(eps), float(alpha), compiled)
 
 
 class _RoutedMasks(torch.autograd.Function):
-    """m = g + (1 − g) r where routed, else 1; m_Δ = r_Δ where routed, else 1; g = clamp(z, 0, 1)
-    with the lower leaky sigmoid's backward (slope α below 0, only for gradients that raise z)."""
-
     @staticmethod
-    def forward(ctx, z, r, route, alpha: float):
-        g = z.clamp(0.0, 1.0)
-        rc, rd = r[..., :-1], r[..., -1]
-        m = torch.addcmul(g, 1.0 - g, rc)  # g + (1 − g) r
-        lead = z.shape[:-1]
-        if route is None:
-            md = rd.expand(lead)
-        else:
-            m = torch.where(route[..., None], m, 1.0)
-            md = torch.where(route, rd, 1.0)
+    def forward(ctx, z, r, route, alpha: float, compiled: bool):
         ctx.save_for_backward(z, r, route)
-        ctx.alpha = alpha
-        ctx.r_shape = r.shape
-        return m, md
+        ctx.alpha, ctx.compiled, ctx.r_shape = alpha, compiled, r.shape
+        return _kernel("masks_fwd", compiled)(z, r, route)
 
     @staticmethod
     def backward(ctx, gm, gmd):
         z, r, route = ctx.saved_tensors
-        rc = r[..., :-1]
         gz = gr = None
         if ctx.needs_input_grad[0]:
-            G = gm * (1.0 - rc)  # dm/dg = 1 − r where routed
-            if route is not None:
-                G = G.masked_fill_(~route[..., None], 0.0)
-            inside = (z > 0) & (z < 1)
-            rising = (z <= 0) & (G < 0)
-            gz = torch.where(inside, G, torch.where(rising, ctx.alpha * G, 0.0))
+            gz = _kernel("masks_bwd_z", ctx.compiled)(z, r, route, gm, ctx.alpha)
         if ctx.needs_input_grad[1]:
-            g = z.clamp(0.0, 1.0)
-            gc = gm * (1.0 - g)
-            gd = gmd
-            if route is not None:
-                gc = gc.masked_fill_(~route[..., None], 0.0)
-                gd = torch.where(route, gmd, 0.0)
-            gr = torch.cat([gc, gd[..., None]], -1).sum_to_size(ctx.r_shape)
-        return gz, gr, None, None
+            gr = _kernel("masks_bwd_r", ctx.compiled)(z, route, gm, gmd).sum_to_size(ctx.r_shape)
+        return gz, gr, None, None, None
 
 
-def routed_masks(z: torch.Tensor, r: torch.Tensor, route: torch.Tensor | None, alpha: float):
-    """``(masks [*lead, C], delta_masks [*lead])`` from pre-activations ``z`` and sources ``r``
-    (``[..., C + 1]``, broadcastable), masking only where ``route`` (bool ``[*lead]``) is True."""
-    return _RoutedMasks.apply(z, r.to(z.dtype), route, float(alpha))
+def routed_masks(
+    z: Float[torch.Tensor, "*lead C"],
+    r: Float[torch.Tensor, "*r_lead C1"],
+    route: Bool[torch.Tensor, "*lead"] | None,
+    alpha: float,
+    compiled: bool = False,
+) -> tuple[Float[torch.Tensor, "*lead C"], Float[torch.Tensor, "*lead"]]:
+    """Masks and Δ masks from pre-activations and sources, equal to
+    :func:`tl_vpd.masking.masks_from_sources` on the lower leaky view of ``z``.
+
+    Arguments:
+        z: CI pre-activations ``[*lead, C]``.
+        r: sources ``[..., C + 1]`` broadcastable to ``[*lead, C + 1]`` (the last entry is Δ's).
+        route: True where the site is masked (``None``: everywhere); unrouted tokens get 1.
+        alpha: slope of the leaky hard sigmoid.
+        compiled: run the kernels through ``torch.compile``.
+
+    Returns:
+        ``(masks [*lead, C], delta_masks [*lead])``.
+    """
+    return _RoutedMasks.apply(z, r.to(z.dtype), route, float(alpha), compiled)

@@ -77,7 +77,8 @@ def step_losses(
         ms, dms = {}, {}
         for k in sites or pre:
             z = pre[k].detach() if frozen else pre[k]
-            ms[k], dms[k] = routed_masks(z, src[k], None if routes is None else routes[k], alpha)
+            ms[k], dms[k] = routed_masks(z, src[k], None if routes is None else routes[k], alpha,
+                                          cfg.compile)
         return ms, dms
 
     def sources(sites=None) -> dict[str, torch.Tensor]:
@@ -96,7 +97,8 @@ def step_losses(
         yield ("faithfulness", cfg.coeff_faithfulness,
                faithfulness_loss([c.delta for c in dec.components.values()]))
     if cfg.coeff_minimality > 0:
-        freqs = {k: firing_frequency(z, p, cfg.importance_eps, alpha) for k, z in pre.items()}
+        freqs = {k: firing_frequency(z, p, cfg.importance_eps, alpha, cfg.compile)
+                 for k, z in pre.items()}
         yield ("minimality", cfg.coeff_minimality,
                minimality_from_frequencies(freqs, cfg.freq_beta, cfg.freq_ref_tokens,
                                            shard.global_mean_value if shard.enabled else None))
