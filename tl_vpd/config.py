@@ -143,15 +143,8 @@ class VPDConfig:
     wandb_project: str | None = None  # library choice: None = no wandb logging
     progress: bool = True  # library choice: show a tqdm progress bar
     dtype: DTypeName = SPEC_DEFAULTS["dtype"]
-    # library choice: "auto" = bf16 autocast of the forward passes (target, CI function, masked
-    # model) for language models, whose matmuls dominate and run ~2× faster in bf16 (AMX on CPU,
-    # tensor cores on GPU); fp32 for toy models, where bf16 saves nothing. Parameters, gradients,
-    # losses and the CI-side elementwise math stay fp32.
-    autocast: AutocastKind = "auto"
-    # library choice: run the fused CI-side kernels (tl_vpd.fused) through torch.compile; off by
-    # default because the first step then compiles for tens of seconds (needs a C++ compiler on
-    # CPU, Triton on GPU)
-    compile: bool = False
+    autocast: AutocastKind = "auto"  # library choice: "auto" = bf16 autocast of the forwards for language models (~2x faster matmuls), fp32 for toys; params and losses stay fp32
+    compile: bool = False  # library choice: torch.compile the fused CI-side kernels (tl_vpd.fused); off as the first step compiles for ~10 s
 
     def __post_init__(self) -> None:
         validate_fields(self, checks=_CUSTOM_CHECKS, removed=_REMOVED_OPTIONS)
