@@ -45,3 +45,32 @@ def make_model(family: str, processed: bool = False, dtype=torch.float32) -> Hoo
 
 def tokens(batch: int = 2, seq: int = 12, seed: int = 0, vocab: int = 50) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+# Every family, and two with processed weights (folded norms, centred writes).
+CASES = [(f, False) for f in FAMILIES] + [("gpt2", True), ("llama", True)]
+IDS = [f + ("-processed" if p else "") for f, p in CASES]
+
+
+def random_masks(dec, toks, seed=0):
+    """Uniform masks ``{site: [*toks.shape, C]}`` and Δ masks ``{site: toks.shape}``."""
+    g = torch.Generator().manual_seed(seed)
+    lead = toks.shape
+    masks = {n: torch.rand(*lead, c.C, generator=g) for n, c in dec.components.items()}
+    dmasks = {n: torch.rand(*lead, generator=g) for n in dec.sites}
+    return masks, dmasks
+
+
+def corpus(n=64, seq=12, seed=0):
+    """Random token ids ``[n, seq]`` over the zoo's vocabulary."""
+    return torch.randint(0, 50, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def small_cfg(**kw):
+    """A short training config for the zoo's models (d_model 32: C=48 >= rank)."""
+    from tl_vpd import VPDConfig
+
+    base = dict(C=48, steps=80, batch_size=8, seq_len=12, log_every=10, progress=False,
+                faithfulness_warmup_steps=100, coeff_minimality=1e-3, ppgd_inner_steps=1)
+    base.update(kw)
+    return VPDConfig(**base)

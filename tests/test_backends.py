@@ -6,18 +6,8 @@ import pytest
 import torch
 
 from tl_vpd import Decomposition
-from model_zoo import FAMILIES, make_model, tokens
+from model_zoo import CASES, IDS, make_model, random_masks, tokens
 
-CASES = [(f, False) for f in FAMILIES] + [("gpt2", True), ("llama", True)]
-IDS = [f + ("-processed" if p else "") for f, p in CASES]
-
-
-def random_masks(dec, toks, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lead = toks.shape
-    masks = {n: torch.rand(*lead, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(*lead, generator=g) for n in dec.sites}
-    return masks, dmasks
 
 def expected_sites(model):
     cfg = model.cfg

@@ -4,19 +4,10 @@ import pytest
 import torch
 
 import tl_vpd
-from tl_vpd import VPDConfig
-from model_zoo import make_model
+from model_zoo import corpus, make_model, small_cfg
 from tl_vpd.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, DECOMPOSITION_DIR, TRAINER_STATE_FILE, latest_checkpoint
 
 
-def corpus(n=64, seq=12, seed=0):
-    return torch.randint(0, 50, (n, seq), generator=torch.Generator().manual_seed(seed))
-
-def small_cfg(**kw):
-    base = dict(C=48, steps=80, batch_size=8, seq_len=12, log_every=10, progress=False,
-                faithfulness_warmup_steps=100, coeff_minimality=1e-3, ppgd_inner_steps=1)
-    base.update(kw)
-    return VPDConfig(**base)
 
 def test_resume_equals_uninterrupted(tmp_path):
     model = make_model("gpt2")

@@ -6,18 +6,8 @@ import torch
 import tl_vpd
 from tl_vpd import Decomposition, VPDConfig
 from tl_vpd.spec import DecompositionSpec
-from model_zoo import FAMILIES, make_model, tokens
+from model_zoo import CASES, IDS, make_model, random_masks, tokens
 
-CASES = [(f, False) for f in FAMILIES] + [("gpt2", True), ("llama", True)]
-IDS = [f + ("-processed" if p else "") for f, p in CASES]
-
-
-def random_masks(dec, toks, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lead = toks.shape
-    masks = {n: torch.rand(*lead, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(*lead, generator=g) for n in dec.sites}
-    return masks, dmasks
 
 @pytest.mark.parametrize("family,processed", CASES, ids=IDS)
 def test_unmasked_equals_target(family, processed):
