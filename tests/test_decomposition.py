@@ -120,3 +120,23 @@ def test_spec_defaults_are_the_spec_s():
     dec = Decomposition.from_model(make_model("gpt2"), C=4)
     assert dec.spec == DecompositionSpec(C=4, sites=tuple(dec.sites))
     assert dec.leaky_alpha == DecompositionSpec(C=4).leaky_alpha
+
+
+def test_masked_refuses_nesting_and_orphan_delta_masks():
+    """Nested blocks used to stack hooks (0.5 inside 0.5 gave mask 0); a Δ mask for a site
+    without a mask used to be ignored. Both now raise, and the model is left unhooked."""
+    model = make_model("gpt2")
+    dec = Decomposition.from_model(model, C=8)
+    toks = tokens()
+    half = {n: torch.full((*toks.shape, c.C), 0.5) for n, c in dec.components.items()}
+    site = dec.sites[0]
+    with dec.masked(half):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with dec.masked(half):
+                pass
+    with pytest.raises(ValueError, match="without a mask"):
+        with dec.masked({}, {site: torch.zeros(toks.shape)}):
+            pass
+    with dec.masked(half):  # usable again after both errors
+        out = model(toks)
+    assert not torch.allclose(out, model(toks))

@@ -248,6 +248,15 @@ class Decomposition(nn.Module):
             unknown |= set(delta_masks) - set(self._sites)
         if unknown:
             raise KeyError(f"masks given for sites that are not decomposed: {sorted(unknown)}")
+        orphans = set(delta_masks or ()) - set(masks)
+        if orphans:
+            raise ValueError(f"delta_masks given for sites without a mask: {sorted(orphans)}; a "
+                             "site without a mask runs with its original weight, so its Δ mask "
+                             "would be ignored (give it a mask of ones to mask Δ alone)")
+        if getattr(self, "_masking", False):
+            raise RuntimeError("dec.masked() blocks do not nest (the inner block's hooks would "
+                               "stack on the outer's): combine the masks into one call, e.g. "
+                               "multiply them elementwise")
         if impl not in ("factorized", "materialized"):
             raise ValueError(f"impl must be 'factorized' or 'materialized', got {impl!r}")
         delta_masks = delta_masks or {}
@@ -270,8 +279,12 @@ class Decomposition(nn.Module):
                 return comp.materialized_output(x, m, md).to(out.dtype)
             return comp.masked_output(x, out, m, md)
 
-        with self.backend.hooks(self.model, [self._sites[n] for n in masks], fn):
-            yield
+        self._masking = True
+        try:
+            with self.backend.hooks(self.model, [self._sites[n] for n in masks], fn):
+                yield
+        finally:
+            self._masking = False
 
     def run_masked(self, inputs, masks, delta_masks=None, **kwargs) -> torch.Tensor:
         """``model(inputs)`` with masked weights (see :meth:`masked`)."""
