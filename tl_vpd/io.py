@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tl_vpd import atomic
 from tl_vpd._typing import Float
 
 __all__ = [
@@ -104,7 +105,7 @@ def write_decomposition(
         tensors[f"{name}.V"] = V.detach().contiguous().cpu()
     save_file(tensors, str(path / COMPONENTS_FILE))
     save_file({k: v.detach().contiguous().cpu() for k, v in ci_state.items()}, str(path / CI_FILE))
-    (path / SPEC_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
+    atomic.write_text(path / SPEC_FILE, json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2))
     return path
 
 

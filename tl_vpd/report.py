@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tl_vpd import atomic
 from tl_vpd.tables import html_table, text_table
 
 __all__ = ["ALIVE_THRESHOLD", "EvalReport"]
@@ -74,7 +75,7 @@ class EvalReport:
         """Write the report as JSON (parent folders created); returns ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
         return path
 
     @classmethod

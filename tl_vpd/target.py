@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tl_vpd import atomic
 from tl_vpd._typing import Int
 from tl_vpd.data.blocks import iterate_batches
 from tl_vpd.data.corpus import check_hub_reachable
@@ -146,9 +147,7 @@ def _save_model(model: HookedTransformer, path: Path) -> None:
 
 
 def _write_json(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @dataclass

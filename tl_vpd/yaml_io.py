@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tl_vpd import atomic
+
 __all__ = ["CONFIG_SUFFIXES", "read_config_file", "read_yaml", "write_config_file", "write_yaml"]
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -56,7 +58,7 @@ def write_yaml(obj: Any, path: str | Path) -> None:
         obj: the document.
         path: the destination file.
     """
-    Path(path).write_text(yaml.safe_dump(obj, sort_keys=False))
+    atomic.write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 def read_config_file(path: str | Path) -> Mapping[str, Any]:
@@ -89,7 +91,7 @@ def write_config_file(data: Mapping[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     if _config_suffix(path) == ".json":
-        path.write_text(json.dumps(dict(data), indent=2) + "\n")
+        atomic.write_text(path, json.dumps(dict(data), indent=2) + "\n")
     else:
         write_yaml(dict(data), path)
 
