@@ -59,3 +59,31 @@ def test_unfinished_decomposition_and_a_missing_target(tmp_path):
     assert not unfinished_decomposition(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a complete target run"):
         load_target_stage(tmp_path / TARGET_DIR)
+
+
+def test_an_interrupted_target_is_trained_again(tmp_path, monkeypatch):
+    """After Ctrl-C (or a kill) during target training, re-running the stage used to report
+    "target found" (a half-trained model) or die with FileExistsError; it now retrains."""
+    from transformer_lens import HookedTransformer
+
+    from tl_vpd.pipeline import train_target_stage
+
+    cfg = tmp_path / "target.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_TARGET))
+    calls = {"n": 0}
+    original = HookedTransformer.forward
+
+    def interrupt_later(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the step-0 evaluation and a few training steps
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HookedTransformer, "forward", interrupt_later)
+    with pytest.raises(KeyboardInterrupt):
+        train_target_stage(tmp_path, cfg, progress=False)
+    monkeypatch.undo()
+    model, corpus, curve, trained = train_target_stage(tmp_path, cfg, progress=False)
+    assert trained and curve[-1]["step"] == TINY_TARGET["train"]["steps"]
+    # and the finished target is now reused as is
+    assert train_target_stage(tmp_path, cfg, progress=False)[3] is False

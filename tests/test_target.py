@@ -148,7 +148,9 @@ def test_training_rejects_blocks_longer_than_context(corpus):
         train_target(cfg, corpus.train, corpus.val, steps=1, progress=False)
 
 
-def test_interrupt_saves_model_and_curve(corpus, tiny_cfg, tmp_path, monkeypatch):
+def test_interrupt_keeps_weights_but_is_not_a_finished_target(corpus, tiny_cfg, tmp_path, monkeypatch):
+    """Ctrl-C used to write model.safetensors, so a half-trained target was later loaded as a
+    finished one. Now the weights go to checkpoints/interrupted.safetensors and loading refuses."""
     calls = {"n": 0}
     original = HookedTransformer.forward
 
@@ -166,9 +168,11 @@ def test_interrupt_saves_model_and_curve(corpus, tiny_cfg, tmp_path, monkeypatch
             eval_batches=1, run_dir=tmp_path, progress=False,
         )
     monkeypatch.undo()
-    model, _, curve = load_target(tmp_path)
-    assert [point["step"] for point in curve] == [0]
-    assert isinstance(model, HookedTransformer)
+    assert not (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "checkpoints" / "interrupted.safetensors").is_file()
+    assert [point["step"] for point in json.loads((tmp_path / "curve.json").read_text())] == [0]
+    with pytest.raises(FileNotFoundError, match="not a complete target run"):
+        load_target(tmp_path)
 
 
 def test_load_pretrained_fails_fast_offline(monkeypatch):

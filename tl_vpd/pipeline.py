@@ -15,6 +15,7 @@ file.
 from __future__ import annotations
 
 import inspect
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tl_vpd.layout import (
     DECOMP_DIR,
     DECOMPOSITION_DIR,
     EVAL_FILE,
+    TARGET_CURVE_FILE,
     TARGET_DIR,
     TARGET_MODEL_FILE,
     TARGET_STAGE_FILE,
@@ -140,6 +142,13 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
                               f"({saved}); use another --out, or delete it to retrain")
         model, _, curve = load_target(target_dir)
         return model, corpus, curve, False
+    if (target_dir / TARGET_CURVE_FILE).is_file():  # an unfinished target (interrupted, killed)
+        saved = read_yaml(target_dir / TARGET_STAGE_FILE) if (target_dir / TARGET_STAGE_FILE).is_file() else None
+        if saved != cfg:
+            raise RunDirError(f"{target_dir} holds an unfinished target trained with another "
+                              f"config ({saved}); use another --out, or delete it")
+        print(f"{target_dir}: the target's training did not finish; training it again from the start")
+        shutil.rmtree(target_dir)
     model_cfg = target_config(corpus.vocab_size, n_ctx=corpus.seq_len, **cfg["model"])
     target_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(cfg, target_dir / TARGET_STAGE_FILE)

@@ -290,7 +290,10 @@ def train_target(
                 evaluate(step)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_ce=f"{curve[-1]['val_ce']:.3f}", refresh=False)
     except KeyboardInterrupt:
-        save_final()
+        # The interrupted weights go to a checkpoint, never to the final model file: a run
+        # directory with model.safetensors means "fully trained" to every reader of it.
+        if run_path is not None:
+            _save_model(model, run_path / CHECKPOINT_DIR / "interrupted.safetensors")
         raise
     finally:
         bar.close()
@@ -312,7 +315,8 @@ def load_target(run_dir: str | Path) -> tuple[HookedTransformer, Tokenizer | Non
     if missing:
         raise FileNotFoundError(
             f"{run_path} is not a complete target run: missing {missing}. "
-            "train_target(..., run_dir=...) writes these files when training finishes or is interrupted."
+            "train_target(..., run_dir=...) writes the model only when training finishes (an "
+            "interrupted run keeps its weights in checkpoints/ and is not a target)."
         )
     args = json.loads((run_path / CONFIG_FILE).read_text())
     unknown = sorted(set(args) - set(_CONFIG_ARGS))
