@@ -127,3 +127,14 @@ def test_eval_options_override_the_quick_defaults():
                                  "--seed", "4"])
     assert _eval_kw(args) == {**QUICK_EVAL, "pgd_steps": (2, 3), "seed": 4}
     assert _eval_kw(_parser().parse_args(["main"])) == DEFAULT_EVAL
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    bad = tmp_path / "t.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_TARGET, "train": {"stpes": 3}}))
+    argv = ["train-target", "--out", str(tmp_path / "run"), "--config", str(bad), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tl-vpd: error: ") and "stpes" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="stpes"):
+        main(["--debug", *argv])

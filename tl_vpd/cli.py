@@ -108,6 +108,8 @@ def _eval_kw(args) -> dict:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tl-vpd", description="adVersarial Parameter Decomposition "
                                 "of TransformerLens models: train a target, decompose, evaluate.")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of one line")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 is faster on a busy machine")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -168,10 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; re-run the same command to continue from the last checkpoint",
               file=sys.stderr)
         return 130
-    except RunDirError as err:
+    except _USER_ERRORS as err:
+        if args.debug:
+            raise
         print(f"tl-vpd: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+# Errors that mean "the input was wrong" (a config value, a path, a run directory); anything else
+# is a bug and keeps its traceback.
+_USER_ERRORS = (RunDirError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError,
+                ConnectionError)
 
 
 if __name__ == "__main__":
