@@ -52,15 +52,6 @@ CASES = [(f, False) for f in FAMILIES] + [("gpt2", True), ("llama", True)]
 IDS = [f + ("-processed" if p else "") for f, p in CASES]
 
 
-def random_masks(dec, toks, seed=0):
-    """Uniform masks ``{site: [*toks.shape, C]}`` and Δ masks ``{site: toks.shape}``."""
-    g = torch.Generator().manual_seed(seed)
-    lead = toks.shape
-    masks = {n: torch.rand(*lead, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(*lead, generator=g) for n in dec.sites}
-    return masks, dmasks
-
-
 def corpus(n=64, seq=12, seed=0):
     """Random token ids ``[n, seq]`` over the zoo's vocabulary."""
     return torch.randint(0, 50, (n, seq), generator=torch.Generator().manual_seed(seed))

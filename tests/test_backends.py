@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tl_vpd import Decomposition
-from model_zoo import CASES, IDS, make_model, random_masks, tokens
+from engine_checks import random_masks
+from model_zoo import CASES, IDS, make_model, tokens
 
 
 def expected_sites(model):

@@ -15,6 +15,7 @@ import tl_vpd
 from tl_vpd import Decomposition, VPDConfig
 from tl_vpd.backends import HookSession
 from tl_vpd.backends.bridge import BridgeBackend, _replace
+from engine_checks import check_factorized_equals_materialized, random_masks
 from bridge_zoo import D_HEAD, FAMILIES, GATED, N_HEADS, N_KV_HEADS, make_bridge, tokens
 
 TL_MAJOR = int(version("transformer-lens").split(".")[0])
@@ -26,13 +27,6 @@ IDS = [f + ("-compat" if c else "-raw") for f, c in CASES]
 def cached_bridge(family, compat):
     """Read-only tests share one model per case; each of them checks it is left unchanged."""
     return make_bridge(family, compat)
-
-
-def random_masks(dec, toks, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    masks = {n: torch.rand(*toks.shape, c.C, generator=g) for n, c in dec.components.items()}
-    dmasks = {n: torch.rand(*toks.shape, generator=g) for n in dec.sites}
-    return masks, dmasks
 
 
 def hook_counts(model):
@@ -87,14 +81,7 @@ def test_unmasked_equals_target(family, compat):
 
 @pytest.mark.parametrize("family,compat", CASES, ids=IDS)
 def test_factorized_equals_materialized(family, compat):
-    model = cached_bridge(family, compat)
-    toks = tokens()
-    dec = Decomposition.from_model(model, C=16)
-    masks, dmasks = random_masks(dec, toks)
-    fast = dec.run_masked(toks, masks, dmasks)
-    slow = dec.run_masked(toks, masks, dmasks, impl="materialized")
-    assert (fast - slow).abs().max() <= 1e-4
-    assert (fast - model(toks)).abs().max() > 1e-2  # random masks move the logits
+    check_factorized_equals_materialized(cached_bridge(family, compat), tokens())
 
 
 @pytest.mark.parametrize("family,compat", CASES, ids=IDS)

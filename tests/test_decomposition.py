@@ -6,7 +6,8 @@ import torch
 import tl_vpd
 from tl_vpd import Decomposition, VPDConfig
 from tl_vpd.spec import DecompositionSpec
-from model_zoo import CASES, IDS, make_model, random_masks, tokens
+from engine_checks import check_factorized_equals_materialized, random_masks
+from model_zoo import CASES, IDS, make_model, tokens
 
 
 @pytest.mark.parametrize("family,processed", CASES, ids=IDS)
@@ -26,14 +27,7 @@ def test_unmasked_equals_target(family, processed):
 
 @pytest.mark.parametrize("family,processed", CASES, ids=IDS)
 def test_factorized_equals_materialized(family, processed):
-    model = make_model(family, processed)
-    toks = tokens()
-    dec = Decomposition.from_model(model, C=16)
-    masks, dmasks = random_masks(dec, toks)
-    fast = dec.run_masked(toks, masks, dmasks)
-    slow = dec.run_masked(toks, masks, dmasks, impl="materialized")
-    assert (fast - slow).abs().max() <= 1e-4
-    assert (fast - model(toks)).abs().max() > 1e-2  # random masks move the logits
+    check_factorized_equals_materialized(make_model(family, processed), tokens())
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_gradients_and_model_untouched(family):

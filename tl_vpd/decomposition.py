@@ -73,6 +73,7 @@ class Decomposition(nn.Module):
         self._components = nn.ModuleDict({_key(n): c for n, c in components.items()})
         self.ci_fn = ci_fn
         self.spec = spec  # with the resolved site names
+        self._masking = False  # inside a masked() block (they do not nest)
         self.config = config  # the VPDConfig it is trained with, when built by decompose()
         self.history: list[dict] = []
 
@@ -253,7 +254,7 @@ class Decomposition(nn.Module):
             raise ValueError(f"delta_masks given for sites without a mask: {sorted(orphans)}; a "
                              "site without a mask runs with its original weight, so its Δ mask "
                              "would be ignored (give it a mask of ones to mask Δ alone)")
-        if getattr(self, "_masking", False):
+        if self._masking:
             raise RuntimeError("dec.masked() blocks do not nest (the inner block's hooks would "
                                "stack on the outer's): combine the masks into one call, e.g. "
                                "multiply them elementwise")

@@ -16,6 +16,7 @@ import functools
 import torch
 
 from tl_vpd._typing import Bool, Float
+from tl_vpd.importance import lower_leaky_grad
 
 __all__ = ["firing_frequency", "routed_masks"]
 
@@ -51,10 +52,7 @@ def _masks_bwd_z(z, r, route, gm, alpha: float):
     G = gm * (1.0 - r[..., :-1])  # dm/dg = 1 − r where routed
     if route is not None:
         G = torch.where(route[..., None], G, 0.0)
-    # Lower leaky sigmoid: pass on (0, 1); below 0 leak ×α only gradients that raise z.
-    inside = (z > 0) & (z < 1)
-    rising = (z <= 0) & (G < 0)
-    return torch.where(inside, G, torch.where(rising, alpha * G, 0.0))
+    return lower_leaky_grad(z, G, alpha)
 
 
 def _masks_bwd_r(z, route, gm, gmd):

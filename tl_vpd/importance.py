@@ -35,6 +35,7 @@ __all__ = [
     "CI_FUNCTIONS",
     "CausalImportance",
     "build_ci_fn",
+    "lower_leaky_grad",
     "lower_leaky_sigmoid",
     "upper_leaky_sigmoid",
 ]
@@ -50,10 +51,15 @@ class _LowerLeakyHardSigmoid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (z,) = ctx.saved_tensors
-        inside = (z > 0) & (z < 1)
-        below_rising = (z <= 0) & (grad < 0)
-        g = torch.where(inside, grad, torch.where(below_rising, ctx.alpha * grad, 0.0))
-        return g, None
+        return lower_leaky_grad(z, grad, ctx.alpha), None
+
+
+def lower_leaky_grad(z: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The lower leaky sigmoid's backward: ``grad`` passes on ``(0, 1)``; below 0 it leaks
+    (×``alpha``) only where it is negative, i.e. where descent would raise ``z``."""
+    inside = (z > 0) & (z < 1)
+    below_rising = (z <= 0) & (grad < 0)
+    return torch.where(inside, grad, torch.where(below_rising, alpha * grad, 0.0))
 
 
 def lower_leaky_sigmoid(z: torch.Tensor, alpha: float) -> torch.Tensor:
