@@ -12,7 +12,7 @@ from tl_vpd.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, DECOMPOSITION_DIR, TR
 def test_resume_equals_uninterrupted(tmp_path):
     model = make_model("gpt2")
     cfg = small_cfg(steps=8, log_every=1, checkpoint_every=4, faithfulness_warmup_steps=3)
-    full = tl_vpd.decompose(model, cfg, corpus())
+    full = tl_vpd.decompose(model, cfg.replace(checkpoint_every=0), corpus())
 
     def interrupt(step, metrics, dec):
         if step == 5:
@@ -40,5 +40,5 @@ def test_run_dir_layout_and_latest(tmp_path):
     assert latest == tmp_path / CHECKPOINT_DIR / "step_0000004"
     assert (latest / TRAINER_STATE_FILE).exists()
     assert not list((tmp_path / CHECKPOINT_DIR).glob("*.tmp"))
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no valid checkpoint"):
         latest_checkpoint(tmp_path / "empty")

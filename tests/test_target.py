@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import socket
 
 import pytest
@@ -6,6 +8,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from tl_vpd.data import default_corpus
+from tl_vpd.interrupts import TrainingInterrupted
 from tl_vpd.target import (
     TargetRun,
     _lr_factor,
@@ -18,6 +21,8 @@ from tl_vpd.target import (
 VOCAB = 320  # byte-level BPE needs at least 257 tokens (256 bytes + <|endoftext|>)
 STEPS = 60
 EVAL_EVERY = 20
+RUN_KW = dict(steps=STEPS, batch_size=16, lr=1e-2, warmup_steps=10, eval_every=EVAL_EVERY,
+              eval_batches=4, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +38,8 @@ def tiny_cfg():
 @pytest.fixture(scope="module")
 def run(corpus, tiny_cfg, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("target_run")
-    return train_target(
-        tiny_cfg,
-        corpus.train,
-        corpus.val,
-        steps=STEPS,
-        batch_size=16,
-        lr=1e-2,
-        warmup_steps=10,
-        eval_every=EVAL_EVERY,
-        eval_batches=4,
-        run_dir=run_dir,
-        tokenizer=corpus.tokenizer,
-        progress=False,
-    )
+    return train_target(tiny_cfg, corpus.train, corpus.val, run_dir=run_dir,
+                        tokenizer=corpus.tokenizer, **RUN_KW)
 
 
 def test_target_config_architecture():
@@ -148,31 +141,67 @@ def test_training_rejects_blocks_longer_than_context(corpus):
         train_target(cfg, corpus.train, corpus.val, steps=1, progress=False)
 
 
-def test_interrupt_keeps_weights_but_is_not_a_finished_target(corpus, tiny_cfg, tmp_path, monkeypatch):
-    """Ctrl-C used to write model.safetensors, so a half-trained target was later loaded as a
-    finished one. Now the weights go to checkpoints/interrupted.safetensors and loading refuses."""
+def _interrupt_at_forward(monkeypatch, n, action):
+    """Patch the model's forward so that its ``n``-th call runs ``action`` first (forward passes:
+    the step-0 evaluation's 4 batches, then one per training step)."""
     calls = {"n": 0}
     original = HookedTransformer.forward
 
-    def interrupt_on_third_step(self, *args, **kwargs):
-        # Forward passes: step-0 evaluation (1 batch), then one per training step.
+    def patched(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
+        if calls["n"] == n:
+            action()
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(HookedTransformer, "forward", interrupt_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
-        train_target(
-            tiny_cfg, corpus.train, corpus.val, steps=10, batch_size=8, eval_every=5,
-            eval_batches=1, run_dir=tmp_path, progress=False,
-        )
+    monkeypatch.setattr(HookedTransformer, "forward", patched)
+
+
+def test_sigint_stops_at_a_step_boundary_and_resume_is_exact(run, corpus, tiny_cfg, tmp_path, monkeypatch):
+    """Ctrl-C used to write model.safetensors (a half-trained target later loaded as finished)
+    and to stop mid-step. Now the signal stops training after the step, saves a checkpoint that
+    is not a target, and resume=True finishes with exactly the uninterrupted weights."""
+    _interrupt_at_forward(monkeypatch, 4 + 7, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted) as info:
+        train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, **RUN_KW)
     monkeypatch.undo()
+    assert info.value.step == 7 and info.value.signum == signal.SIGINT
     assert not (tmp_path / "model.safetensors").exists()
-    assert (tmp_path / "checkpoints" / "interrupted.safetensors").is_file()
-    assert [point["step"] for point in json.loads((tmp_path / "curve.json").read_text())] == [0]
+    assert (tmp_path / "checkpoints" / "state_7.pt").is_file()
     with pytest.raises(FileNotFoundError, match="not a complete target run"):
         load_target(tmp_path)
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, **RUN_KW)
+    resumed = train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, resume=True, **RUN_KW)
+    assert resumed.curve == run.curve
+    for name, t in run.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], t), name
+
+
+def test_hard_interrupt_resumes_from_the_last_evaluation(run, corpus, tiny_cfg, tmp_path, monkeypatch):
+    """A KeyboardInterrupt mid-step (second Ctrl-C) or a kill leaves the evaluation checkpoints;
+    resume continues from the newest and still ends with the uninterrupted weights."""
+    def hard():
+        raise KeyboardInterrupt
+
+    _interrupt_at_forward(monkeypatch, 4 + EVAL_EVERY + 5 + 4, hard)  # + the step-20 evaluation
+    with pytest.raises(KeyboardInterrupt):
+        train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, **RUN_KW)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("state_*.pt")) == ["state_0.pt", "state_20.pt"]
+    (tmp_path / "checkpoints" / "state_20.pt").write_bytes(b"truncated")  # falls back to step 0
+    resumed = train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, resume=True, **RUN_KW)
+    for name, t in run.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], t), name
+
+
+def test_resume_refuses_other_arguments(corpus, tiny_cfg, tmp_path, monkeypatch):
+    _interrupt_at_forward(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, **RUN_KW)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="other \\['lr'\\]"):
+        train_target(tiny_cfg, corpus.train, corpus.val, run_dir=tmp_path, resume=True,
+                     **{**RUN_KW, "lr": 2e-2})
 
 
 def test_load_pretrained_fails_fast_offline(monkeypatch):

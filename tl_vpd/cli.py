@@ -14,6 +14,7 @@ are :mod:`tl_vpd.pipeline` (file names: :mod:`tl_vpd.layout`).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--target", required=True, help="the target directory (RUN/target)")
     sp.add_argument("--out", required=True, help="run directory (writes RUN/decomp)")
     sp.add_argument("--config", help="VPDConfig YAML (default: the packaged vpd.yaml)")
-    sp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    sp.add_argument("--resume", action="store_true",
+                    help="(default) an unfinished run in --out is always continued")
     common(sp, "settings for the tiny target (quick_vpd.yaml)")
     sp.set_defaults(fn=_cmd_decompose)
 
@@ -166,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         args.fn(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted; re-run the same command to continue from the last checkpoint",
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM during training (TrainingInterrupted)
+        print(f"\n{err or 'interrupted'}\nre-run the same command to continue where it stopped",
               file=sys.stderr)
-        return 130
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except _USER_ERRORS as err:
         if args.debug:
             raise
@@ -180,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # Errors that mean "the input was wrong" (a config value, a path, a run directory); anything else
 # is a bug and keeps its traceback.
-_USER_ERRORS = (RunDirError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError,
-                ConnectionError)
+# OSError covers missing, unreadable or existing paths and an unreachable hub; FloatingPointError
+# a diverged or NaN training run (lower the lr).
+_USER_ERRORS = (RunDirError, ValueError, TypeError, KeyError, OSError, FloatingPointError)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,8 @@ class VPDConfig:
     eval_pgd_steps: int = bounded(20, ge=0)  # VPD paper: the shortest of its 20-320-step eval PGD curve
     log_every: int = bounded(10, ge=0)  # library choice: steps between log records (0 = never)
     checkpoint_every: int = bounded(0, ge=0)  # library choice: 0 = no intermediate checkpoints
+    keep_checkpoints: int = bounded(3, ge=0)  # library choice: newest checkpoints kept in run_dir (0 = all)
+    divergence_factor: float = bounded(100.0, ge=0.0)  # library choice: stop when the faithfulness loss exceeds this × mean W² (0 = never)
     seed: int = bounded(SPEC_DEFAULTS["seed"], ge=0)  # library choice
     wandb_project: str | None = None  # library choice: None = no wandb logging
     progress: bool = True  # library choice: show a tqdm progress bar

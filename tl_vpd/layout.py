@@ -8,11 +8,13 @@ A run directory of the ``tl-vpd`` pipeline (:mod:`tl_vpd.pipeline`)::
         model.safetensors                 final weights
         curve.json                        [{"step", "tokens_seen", "val_ce"}, ...]
         tokenizer.json                    the corpus's tokenizer
-        checkpoints/step_{k}.safetensors
+        checkpoints/step_{k}.safetensors  weights at each evaluation
+        checkpoints/state_{k}.pt          optimiser, data position and curve there (resume)
         target.yaml                       the pipeline's target-stage config
     RUN/decomp/                       the decomposition run, written by tl_vpd.decompose:
+        run.json                          the run's identity (tl_vpd.run_dir)
         config.yaml                       the VPDConfig
-        checkpoints/step_{k:07d}/         a saved decomposition + trainer_state.pt
+        checkpoints/step_{k:07d}/         a saved decomposition + trainer_state.pt + manifest.json
         decomposition/                    the final decomposition (format: tl_vpd.io)
     RUN/eval.json                     the EvalReport (tl_vpd.report)
 
@@ -27,6 +29,8 @@ __all__ = [
     "DECOMP_CONFIG_FILE",
     "DECOMP_DIR",
     "EVAL_FILE",
+    "MANIFEST_FILE",
+    "RUN_FILE",
     "TARGET_CONFIG_FILE",
     "TARGET_CURVE_FILE",
     "TARGET_DIR",
@@ -52,5 +56,7 @@ CHECKPOINT_DIR = "checkpoints"  # in RUN/target/ and RUN/decomp/
 
 # RUN/decomp/
 DECOMP_CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"  # in each checkpoint directory
 DECOMPOSITION_DIR = "decomposition"
 TRAINER_STATE_FILE = "trainer_state.pt"

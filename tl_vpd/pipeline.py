@@ -15,7 +15,6 @@ file.
 from __future__ import annotations
 
 import inspect
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -117,7 +116,8 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
                        ) -> tuple[HookedTransformer, LMCorpus, list[dict], bool]:
     """Train the target on the default corpus into ``out/target``.
 
-    A target already in ``out/target`` with the same stage config is loaded instead; one with a
+    A target already in ``out/target`` with the same stage config is loaded instead; an
+    unfinished one (interrupted, killed) is continued from its newest checkpoint; one with a
     different config raises :class:`RunDirError`.
 
     Arguments:
@@ -142,18 +142,17 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
                               f"({saved}); use another --out, or delete it to retrain")
         model, _, curve = load_target(target_dir)
         return model, corpus, curve, False
-    if (target_dir / TARGET_CURVE_FILE).is_file():  # an unfinished target (interrupted, killed)
+    unfinished = (target_dir / TARGET_STAGE_FILE).is_file() or (target_dir / TARGET_CURVE_FILE).is_file()
+    if unfinished:  # interrupted or killed: continue it (train_target checks it is the same run)
         saved = read_yaml(target_dir / TARGET_STAGE_FILE) if (target_dir / TARGET_STAGE_FILE).is_file() else None
         if saved != cfg:
             raise RunDirError(f"{target_dir} holds an unfinished target trained with another "
                               f"config ({saved}); use another --out, or delete it")
-        print(f"{target_dir}: the target's training did not finish; training it again from the start")
-        shutil.rmtree(target_dir)
     model_cfg = target_config(corpus.vocab_size, n_ctx=corpus.seq_len, **cfg["model"])
     target_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(cfg, target_dir / TARGET_STAGE_FILE)
     run = train_target(model_cfg, corpus.train, corpus.val, **cfg["train"], run_dir=target_dir,
-                       tokenizer=corpus.tokenizer, progress=progress)
+                       tokenizer=corpus.tokenizer, progress=progress, resume=unfinished)
     return run.model, corpus, run.curve, True
 
 
@@ -180,16 +179,15 @@ def decompose_stage(model: HookedTransformer, corpus: LMCorpus, out: Path, confi
                     resume: bool = False, progress: bool = True) -> tuple[Decomposition, bool]:
     """Decompose ``model`` on ``corpus.train`` into ``out/decomp``.
 
-    A finished decomposition with the same config is loaded instead. Checkpoints of an
-    unfinished run are resumed when ``resume`` is true, and raise :class:`RunDirError`
-    otherwise.
+    A finished decomposition with the same config is loaded instead; an unfinished one is
+    continued from its newest valid checkpoint.
 
     Arguments:
         model: the target.
         corpus: its corpus (``train`` to decompose on, ``val`` for the training loop's evals).
         out: the run directory.
         config: a :class:`~tl_vpd.VPDConfig` file.
-        resume: continue from the latest checkpoint.
+        resume: accepted for compatibility; an unfinished run is always continued.
         progress: show a progress bar.
 
     Returns:
@@ -205,13 +203,11 @@ def decompose_stage(model: HookedTransformer, corpus: LMCorpus, out: Path, confi
         if saved.replace(progress=cfg.progress) != cfg:
             raise RunDirError(f"{run_dir} holds a decomposition run with another config "
                               f"({saved_cfg}); use another --out, or delete it to start over")
-        if (run_dir / DECOMPOSITION_DIR).is_dir() and not resume:
+        if (run_dir / DECOMPOSITION_DIR).is_dir():
             return Decomposition.load(run_dir / DECOMPOSITION_DIR, model), False
-        if not resume:
-            raise RunDirError(f"{run_dir} holds checkpoints of an unfinished run; "
-                              "pass --resume to continue it")
+    # An unfinished run of this config is continued (tl_vpd.run_dir checks it is the same run).
     return decompose(model, cfg, corpus.train, eval_data=corpus.val, run_dir=run_dir,
-                     resume=resume and (run_dir / CHECKPOINT_DIR).is_dir()), True
+                     resume=True), True
 
 
 def unfinished_decomposition(out: Path) -> bool:

@@ -8,27 +8,29 @@ holds everything needed to rebuild the model (file names: :mod:`tl_vpd.layout`):
     run_dir/model.safetensors        final weights
     run_dir/curve.json               [{"step", "tokens_seen", "val_ce"}, ...]
     run_dir/tokenizer.json           if a tokenizer was given
-    run_dir/checkpoints/step_{k}.safetensors
+    run_dir/checkpoints/step_{k}.safetensors   weights at each evaluation
+    run_dir/checkpoints/state_{k}.pt           optimiser, data position and curve (resume)
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_vpd import atomic
 from tl_vpd._typing import Int
-from tl_vpd.data.blocks import iterate_batches
 from tl_vpd.data.corpus import check_hub_reachable
 from tl_vpd.data.tokenizer import load_tokenizer, save_tokenizer
+from tl_vpd.data_stream import DataStream
+from tl_vpd.identity import data_fingerprint
+from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
 from tl_vpd.layout import (
     CHECKPOINT_DIR,
     TARGET_CONFIG_FILE,
@@ -37,6 +39,9 @@ from tl_vpd.layout import (
     TOKENIZER_FILE,
 )
 from tl_vpd.schedules import lr_schedule
+from tl_vpd.target_checkpoint import restore as _restore
+from tl_vpd.target_checkpoint import save_model as _save_model
+from tl_vpd.target_checkpoint import save_state as _save_state
 
 __all__ = [
     "CONFIG_FILE",
@@ -137,15 +142,6 @@ def _mean_ce(model: HookedTransformer, batches: list[torch.Tensor]) -> float:
     return total / count
 
 
-def _save_model(model: HookedTransformer, path: Path) -> None:
-    # safetensors refuses tensors that share memory, and TL buffers may; copies are tiny here.
-    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in model.state_dict().items()}
-    # Write then rename, so a Ctrl-C mid-write never leaves a truncated file under the real name.
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
 def _write_json(obj: object, path: Path) -> None:
     atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -188,6 +184,7 @@ def train_target(
     tokenizer: Tokenizer | None = None,
     seed: int = 0,
     progress: bool = True,
+    resume: bool = False,
 ) -> TargetRun:
     """Train a ``HookedTransformer(cfg)`` from random initialisation on token blocks.
 
@@ -213,10 +210,13 @@ def train_target(
         seed: Seed of the batch order and the validation subset (initialisation uses ``cfg.seed``,
             or this seed when that is ``None``).
         progress: Show a progress bar.
+        resume: Continue the unfinished run in ``run_dir`` from its newest checkpoint (made at
+            each evaluation and on Ctrl-C/SIGTERM); with the same arguments and data the result
+            equals an uninterrupted run's. Without a checkpoint it starts from the beginning.
 
     Returns:
-        The :class:`TargetRun`. On KeyboardInterrupt the current model and curve are saved to
-        ``run_dir`` before the interrupt propagates.
+        The :class:`TargetRun`. Ctrl-C or SIGTERM stops after the current step, saves a
+        checkpoint to ``run_dir`` and raises :class:`~tl_vpd.interrupts.TrainingInterrupted`.
     """
     seq = train_tokens.shape[1]
     if seq > cfg.n_ctx:
@@ -228,17 +228,30 @@ def train_target(
         raise ValueError("val_tokens is empty; validation needs at least one block.")
     if steps <= 0 or eval_every <= 0:
         raise ValueError(f"steps ({steps}) and eval_every ({eval_every}) must be positive.")
+    if batch_size <= 0 or batch_size > len(train_tokens):
+        raise ValueError(f"batch_size={batch_size} must be in [1, {len(train_tokens)}] (the training blocks).")
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir of the run to continue.")
+    # What a resumed run must share with the one it continues.
+    identity = dict(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup_steps,
+                    weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
+                    eval_batches=eval_batches, seed=seed,
+                    data=[data_fingerprint(train_tokens), data_fingerprint(val_tokens)])
 
     run_path = None if run_dir is None else Path(run_dir)
     if run_path is not None:
-        stale = [name for name in (MODEL_FILE, CURVE_FILE) if (run_path / name).exists()]
-        if stale:
+        if (run_path / MODEL_FILE).exists() or ((run_path / CURVE_FILE).exists() and not resume):
             # Mixing this run's checkpoints with another's would make load_target lie.
             raise FileExistsError(
-                f"{run_path} already holds a run ({stale}); pick a new run_dir or delete it."
+                f"{run_path} already holds a run ({'finished' if (run_path / MODEL_FILE).exists() else 'unfinished: pass resume=True to continue it'}); "
+                "pick a new run_dir or delete it."
             )
         (run_path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        _write_json(_config_args(cfg), run_path / CONFIG_FILE)
+        args = _config_args(cfg)
+        if resume and (run_path / CONFIG_FILE).is_file() and json.loads((run_path / CONFIG_FILE).read_text()) != args:
+            raise ValueError(f"{run_path / CONFIG_FILE} was written for another model config; "
+                             "resume only continues the same run.")
+        _write_json(args, run_path / CONFIG_FILE)
         if tokenizer is not None:
             save_tokenizer(tokenizer, run_path / TOKENIZER_FILE)
 
@@ -259,26 +272,32 @@ def train_target(
     generator = torch.Generator().manual_seed(seed)
     val_subset = val_tokens[torch.randperm(len(val_tokens), generator=generator)[: eval_batches * batch_size]]
     val_batches = [b.to(device) for b in val_subset.split(batch_size)]
-    batches = iterate_batches(train_tokens, batch_size, seed=seed)
+    # The shuffled order trained targets were always made with (see iterate_batches).
+    stream = DataStream(train_tokens, batch_size, None, seed, shuffle="chained")
     curve: list[dict] = []
+    start = 0
+    if resume:
+        start, curve = _restore(run_path, identity, model, optimizer, scheduler, stream)
+
+    def save_state(step: int) -> None:
+        if run_path is not None:
+            _save_model(model, run_path / CHECKPOINT_DIR / f"step_{step}.safetensors")
+            _save_state(run_path, step, dict(identity=identity, curve=curve, stream=stream.state_dict(),
+                                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict()))
 
     def evaluate(step: int) -> None:
         val_ce = _mean_ce(model, val_batches)
         curve.append({"step": step, "tokens_seen": step * batch_size * seq, "val_ce": val_ce})
+        save_state(step)
         if run_path is not None:
-            _save_model(model, run_path / CHECKPOINT_DIR / f"step_{step}.safetensors")
             _write_json(curve, run_path / CURVE_FILE)
 
-    def save_final() -> None:
-        if run_path is not None:
-            _save_model(model, run_path / MODEL_FILE)
-            _write_json(curve, run_path / CURVE_FILE)
-
-    bar = tqdm(range(1, steps + 1), desc="training target", disable=not progress)
-    try:
-        evaluate(0)
+    bar = tqdm(range(start + 1, steps + 1), desc="training target", disable=not progress)
+    with StepBoundary("target training") as stop:
+        if start == 0:
+            evaluate(0)
         for step in bar:
-            loss = model(next(batches).to(device), return_type="loss")
+            loss = model(stream.next().to(device), return_type="loss")
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"Training loss is {loss.item()} at step {step}; lower lr ({lr}).")
             optimizer.zero_grad(set_to_none=True)
@@ -289,15 +308,18 @@ def train_target(
             if step % eval_every == 0 or step == steps:
                 evaluate(step)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_ce=f"{curve[-1]['val_ce']:.3f}", refresh=False)
-    except KeyboardInterrupt:
-        # The interrupted weights go to a checkpoint, never to the final model file: a run
-        # directory with model.safetensors means "fully trained" to every reader of it.
-        if run_path is not None:
-            _save_model(model, run_path / CHECKPOINT_DIR / "interrupted.safetensors")
-        raise
-    finally:
-        bar.close()
-    save_final()
+            if stop.requested and step < steps:
+                bar.close()
+                if curve[-1]["step"] != step:
+                    save_state(step)  # the curve keeps only evaluations: nothing new in curve.json
+                where = f"; checkpoint in {run_path / CHECKPOINT_DIR}" if run_path else ""
+                raise TrainingInterrupted(f"target training interrupted at step {step}{where}",
+                                          stop.signum, step, run_path)
+    bar.close()
+    if run_path is not None:
+        # Only a finished run writes model.safetensors: to every reader it means "fully trained".
+        _save_model(model, run_path / MODEL_FILE)
+        _write_json(curve, run_path / CURVE_FILE)
     return TargetRun(model=model, curve=curve, run_dir=run_path)
 
 

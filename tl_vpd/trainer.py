@@ -14,11 +14,15 @@ The lr and p schedules are in :mod:`tl_vpd.schedules`, checkpoint files in
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
 
 from tl_vpd import checkpoint
 from tl_vpd.adversary import PersistentSources
@@ -31,7 +35,7 @@ from tl_vpd.losses import faithfulness_loss
 from tl_vpd.recipe import step_losses
 from tl_vpd.schedules import lr_schedule, p_schedule
 
-__all__ = ["Callback", "NonFiniteLossError", "Trainer"]
+__all__ = ["Callback", "DivergenceError", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
 Callback = Callable[[int, dict, Decomposition], None]
 
@@ -43,6 +47,11 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(msg)
         self.decomposition = decomposition
         self.step = step
+
+
+class DivergenceError(NonFiniteLossError):
+    """The faithfulness loss grew past ``cfg.divergence_factor`` × the target weights' mean
+    square: U V no longer approximates W (the learning rate is almost always too high)."""
 
 
 class Trainer:
@@ -92,43 +101,44 @@ class Trainer:
         self.warmup_done = cfg.faithfulness_warmup_steps == 0 or cfg.coeff_faithfulness == 0
         self.history: list[dict] = []
         self._wandb = None
+        self._committed = False
+        self._weight_scale: float | None = None
 
     # ------------------------------------------------------------------ training
     def train(self) -> Decomposition:
-        """Run to ``cfg.steps`` (from the current step) and return the decomposition."""
+        """Run to ``cfg.steps`` (from the current step) and return the decomposition.
+
+        Ctrl-C or SIGTERM stops after the current step (:mod:`tl_vpd.interrupts`); any error
+        during training first checkpoints the last complete step (with a ``run_dir``), then
+        propagates.
+        """
         cfg = self.cfg
         frozen = [p for p in self.model.parameters() if p.requires_grad]
         for p in frozen:  # scoped: the target is frozen only while training
             p.requires_grad_(False)
+        bar = None
         try:
-            if not self.warmup_done:
-                self._faithfulness_warmup()
-            self._init_wandb()
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="decompose", dynamic_ncols=True,
-                       disable=not (cfg.progress and self.shard.is_main))
-            while self.step < cfg.steps:
-                metrics = self.train_step(self.shard.take(self.stream.next()))
-                self.step += 1
-                bar.update(1)
-                if cfg.eval_every and self.eval_data is not None and self.step % cfg.eval_every == 0:
-                    metrics.update({f"eval/{k}": v for k, v in
-                                    quick_eval(self.dec, self.eval_data, cfg, self.recon_kind).items()})
-                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    self._log(metrics, bar)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.run_dir:
-                    self.save_checkpoint()
-            bar.close()
-        except KeyboardInterrupt:
-            if self.run_dir is not None and self.shard.is_main:
-                path = self.save_checkpoint(collective=False)
-                print(f"\ninterrupted at step {self.step}; checkpoint saved to {path} "
-                      "(resume with resume=True)")
+            with StepBoundary("decompose", quiet=not self.shard.is_main) as stop:
+                if not self.warmup_done:
+                    self._faithfulness_warmup()
+                self._init_wandb()
+                bar = tqdm(total=cfg.steps, initial=self.step, desc="decompose", dynamic_ncols=True,
+                           disable=not (cfg.progress and self.shard.is_main))
+                while self.step < cfg.steps:
+                    self._run_one_step(bar)
+                    if self._stop_requested(stop):
+                        path = self._checkpoint_on_failure()
+                        where = f"; checkpoint saved to {path} (resume with resume=True)" if path else ""
+                        raise TrainingInterrupted(f"interrupted at step {self.step}{where}",
+                                                  stop.signum, self.step, path)
+        except TrainingInterrupted:
             raise
-        except NonFiniteLossError:
-            if self.run_dir is not None and self.shard.is_main:
-                self.save_checkpoint(collective=False)
+        except BaseException:
+            self._checkpoint_on_failure()
             raise
         finally:
+            if bar is not None:
+                bar.close()
             for p in frozen:
                 p.requires_grad_(True)
             if self._wandb is not None:
@@ -139,6 +149,68 @@ class Trainer:
             if self.shard.is_main:
                 self.dec.save(self.run_dir / checkpoint.DECOMPOSITION_DIR)
         return self.dec
+
+    def _run_one_step(self, bar) -> None:
+        """Draw a batch, train on it, then evaluate / log / checkpoint as configured.
+
+        Until the optimiser step is applied, an error leaves the trainer as it was at the
+        start of the step (its generators and data position are put back), so a checkpoint
+        taken then resumes exactly.
+        """
+        cfg = self.cfg
+        boundary = self._boundary_state()
+        self._committed = False
+        try:
+            metrics = self.train_step(self.shard.take(self.stream.next()))
+        except BaseException:
+            if not self._committed:
+                self._restore_boundary(boundary)
+                raise
+            self.step += 1  # it failed after the step was applied: the step is complete
+            raise
+        self.step += 1
+        bar.update(1)
+        if cfg.eval_every and self.eval_data is not None and self.step % cfg.eval_every == 0:
+            metrics.update({f"eval/{k}": v for k, v in
+                            quick_eval(self.dec, self.eval_data, cfg, self.recon_kind).items()})
+        if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+            self._log(metrics, bar)
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.run_dir:
+            self.save_checkpoint()
+
+    def _stop_requested(self, stop: StepBoundary) -> bool:
+        """Whether any rank got a stop signal (all ranks then stop after the same step)."""
+        if not self.shard.enabled:
+            return stop.requested
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
+        self.shard.mean_([flag])
+        if flag.item() > 0 and stop.signum is None:
+            stop.request()
+        return flag.item() > 0
+
+    def _boundary_state(self) -> dict:
+        """The cheap part of the state a step changes before its optimiser step: generators and
+        the data position (parameters only change at the optimiser step)."""
+        return {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "stream": self.stream.state_dict()}
+
+    def _restore_boundary(self, boundary: dict) -> None:
+        self.generator.set_state(boundary["generator"])
+        torch.set_rng_state(boundary["torch_rng"])
+        self.stream.load_state_dict(boundary["stream"])
+
+    def _checkpoint_on_failure(self) -> Path | None:
+        """Save the last complete step after an error or a stop; ``None`` without a run_dir.
+        A failure to save is reported, not raised (the original error matters more)."""
+        if self.run_dir is None or not self.shard.is_main:
+            return None
+        try:
+            path = self.save_checkpoint(collective=False)
+        except Exception as err:  # noqa: BLE001 - reported, the original error propagates
+            print(f"\ncould not save a checkpoint at step {self.step}: {err}", file=sys.stderr)
+            return None
+        print(f"\ncheckpoint of step {self.step} saved to {path}", file=sys.stderr)
+        return path
 
     def _faithfulness_warmup(self) -> None:
         """Fit U V to W alone for a few hundred steps before the main loop (VPD paper)."""
@@ -156,6 +228,22 @@ class Trainer:
     def _amp(self):
         """A fresh autocast context for a forward pass (``cfg.autocast``; see :class:`VPDConfig`)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def _check_divergence(self, loss: torch.Tensor) -> None:
+        """Stop when Δ = W − U V has grown far past W itself (a loss exploding without NaN)."""
+        factor = self.cfg.divergence_factor
+        if not factor:
+            return
+        if self._weight_scale is None:  # the mean square of the target's decomposed weights
+            self._weight_scale = faithfulness_loss(
+                [self.dec.target_weight(n) for n in self.dec.sites]).item()
+        value = loss.item()
+        if value > factor * max(self._weight_scale, 1e-30):
+            raise DivergenceError(
+                f"training diverged at step {self.step}: the faithfulness loss is {value:.3g}, "
+                f"over {factor:g} × the target weights' mean square ({self._weight_scale:.3g}); "
+                f"lower lr (now {self.cfg.lr:g}) or raise divergence_factor (0 turns this check "
+                "off)", self.dec, self.step)
 
     def train_step(self, batch) -> dict:
         """One optimisation step on ``batch``; returns the losses as floats."""
@@ -182,6 +270,8 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"the {name} loss is {loss.item()} at step {self.step}; the decomposition "
                     "keeps its last good state (this step is not applied)", dec, self.step)
+            if name == "faithfulness":
+                self._check_divergence(loss)
             (coeff * loss).backward()  # frees this loss's graph before the next forward
             drawn.setdefault(name, []).append(loss.detach())
         grads = [(ci.pre[k], pre[k].grad.to(ci.pre[k].dtype)) for k in pre if pre[k].grad is not None]
@@ -198,6 +288,7 @@ class Trainer:
         if cfg.grad_clip_ci is not None:
             torch.nn.utils.clip_grad_norm_(self.ci_params, cfg.grad_clip_ci)
         self.optimizer.step()
+        self._committed = True
         if self.adversary is not None:
             self.adversary.ascend()
         losses = {name: _logged(values) for name, values in drawn.items()}
@@ -247,22 +338,41 @@ class Trainer:
         if self.run_dir is None:
             raise ValueError("no run_dir to save checkpoints to")
         return checkpoint.save_checkpoint(
-            self.run_dir, self.step, self.dec, self.cfg,
+            self.run_dir, self.step, self.dec,
             self.state_dict() if self.shard.is_main else None, self.shard,
             rank_state=self.adversary.state_dict() if self._per_rank_adversary() else None,
-            collective=collective)
+            collective=collective, keep=self.cfg.keep_checkpoints)
 
     def _per_rank_adversary(self) -> bool:
         """Per-token persistent sources differ by rank: each rank checkpoints its own shard."""
         return self.shard.enabled and self.adversary is not None and self.cfg.ppgd_scope == "per_token"
 
-    def load_checkpoint(self, path: str | Path | None = None) -> None:
-        """Restore the latest checkpoint of ``run_dir`` (or ``path``) into this trainer."""
+    def load_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Restore a checkpoint into this trainer: ``path``, or the newest valid one of
+        ``run_dir`` (damaged newer ones are skipped with a warning). Returns the one used."""
         if path is None:
             if self.run_dir is None:
                 raise ValueError("resume needs a run_dir")
-            path = checkpoint.latest_checkpoint(self.run_dir)
-        loaded, state, rank_state = checkpoint.load_checkpoint(Path(path), self.model, self.shard)
+            candidates = list(reversed(checkpoint.checkpoints(self.run_dir)))
+        else:
+            candidates = [Path(path)]
+        problems = []
+        for cand in candidates:
+            try:
+                checkpoint.verify_checkpoint(cand)
+                loaded, state, rank_state = checkpoint.load_checkpoint(cand, self.model, self.shard)
+            except ValueError as err:
+                problems.append(str(err))
+                continue
+            if problems:
+                warnings.warn("skipping damaged checkpoint(s): " + "; ".join(problems)
+                              + f"; resuming from {cand}", stacklevel=2)
+            break
+        else:
+            raise FileNotFoundError("no valid checkpoint to resume from"
+                                    + (f" in {self.run_dir / checkpoint.CHECKPOINT_DIR}" if path is None else "")
+                                    + (f": {'; '.join(problems)}" if problems else ""))
+        path = cand
         self.dec.load_state_dict(loaded.state_dict())
         self.step = state["step"]
         self.warmup_done = state["warmup_done"]
@@ -276,6 +386,7 @@ class Trainer:
         elif self.adversary is not None and state["adversary"] is not None:
             self.adversary.load_state_dict(state["adversary"])
         self.history = list(state["history"])
+        return path
 
 
 def _logged(values: list[torch.Tensor]) -> torch.Tensor:
