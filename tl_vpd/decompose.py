@@ -22,7 +22,7 @@ __all__ = ["DivergenceError", "NonFiniteLossError", "RunMismatchError", "Trainer
 
 def decompose(
     model: torch.nn.Module,
-    cfg: VPDConfig | None,
+    cfg: VPDConfig | Mapping | None,
     data,
     *,
     eval_data=None,

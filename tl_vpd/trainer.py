@@ -197,7 +197,10 @@ class Trainer:
     def _restore_boundary(self, boundary: dict) -> None:
         self.generator.set_state(boundary["generator"])
         torch.set_rng_state(boundary["torch_rng"])
-        self.stream.load_state_dict(boundary["stream"])
+        try:
+            self.stream.load_state_dict(boundary["stream"])
+        except ValueError:  # a plain iterable cannot be rewound (nor resumed): nothing to restore
+            pass
 
     def _checkpoint_on_failure(self) -> Path | None:
         """Save the last complete step after an error or a stop; ``None`` without a run_dir.
