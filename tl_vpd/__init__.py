@@ -12,16 +12,21 @@ from tl_vpd.decompose import decompose
 from tl_vpd.decomposition import CIResult, Decomposition, load
 from tl_vpd.sites import Site
 from tl_vpd.spec import DecompositionSpec
-from tl_vpd.trainer import NonFiniteLossError, Trainer
+from tl_vpd.interrupts import TrainingInterrupted
+from tl_vpd.run_dir import RunMismatchError
+from tl_vpd.trainer import DivergenceError, NonFiniteLossError, Trainer
 
 __all__ = [
     "CIResult",
     "Decomposition",
     "DecompositionSpec",
+    "DivergenceError",
     "NonFiniteLossError",
+    "RunMismatchError",
     "Site",
     "SiteComponents",
     "Trainer",
+    "TrainingInterrupted",
     "VPDConfig",
     "__version__",
     "decompose",

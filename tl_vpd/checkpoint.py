@@ -44,6 +44,7 @@ __all__ = [
     "checkpoints",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_newest_valid",
     "prune_checkpoints",
     "save_checkpoint",
     "verify_checkpoint",
@@ -231,3 +232,32 @@ def load_checkpoint(path: Path, model: nn.Module, shard: Shard
     except (OSError, RuntimeError, EOFError) as err:
         raise ValueError(f"{path}: the trainer state cannot be read ({err})") from err
     return dec, state, rank_state
+
+
+def load_newest_valid(candidates: list[Path], model: nn.Module, shard: Shard
+                      ) -> tuple[Path, Decomposition, dict[str, Any], dict[str, Any] | None]:
+    """:func:`load_checkpoint` of the newest of ``candidates`` (oldest first, as
+    :func:`checkpoints` lists them) that passes :func:`verify_checkpoint` and loads; damaged
+    newer ones are skipped with a warning naming them.
+
+    Returns:
+        ``(path, decomposition, trainer_state, rank_state)``.
+
+    Raises:
+        FileNotFoundError: none is valid (the message lists why each was refused).
+    """
+    problems = []
+    for path in reversed(candidates):
+        try:
+            verify_checkpoint(path)
+            loaded = load_checkpoint(path, model, shard)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            warnings.warn("skipping damaged checkpoint(s): " + "; ".join(problems)
+                          + f"; resuming from {path}", stacklevel=3)
+        return (path, *loaded)
+    where = f" in {candidates[0].parent}" if candidates else ""
+    raise FileNotFoundError(f"no valid checkpoint to resume from{where}"
+                            + (f": {'; '.join(problems)}" if problems else ""))

@@ -14,8 +14,8 @@ The lr and p schedules are in :mod:`tl_vpd.schedules`, checkpoint files in
 
 from __future__ import annotations
 
+import shutil
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -146,8 +146,13 @@ class Trainer:
         self.dec.history = self.history
         if self.run_dir is not None:
             self.save_checkpoint()
-            if self.shard.is_main:
-                self.dec.save(self.run_dir / checkpoint.DECOMPOSITION_DIR)
+            if self.shard.is_main:  # written beside, then renamed: never half a decomposition
+                final = self.run_dir / checkpoint.DECOMPOSITION_DIR
+                tmp = final.with_name(final.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.dec.save(tmp)
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.rename(final)
         return self.dec
 
     def _run_one_step(self, bar) -> None:
@@ -353,29 +358,11 @@ class Trainer:
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
         """Restore a checkpoint into this trainer: ``path``, or the newest valid one of
         ``run_dir`` (damaged newer ones are skipped with a warning). Returns the one used."""
-        if path is None:
-            if self.run_dir is None:
-                raise ValueError("resume needs a run_dir")
-            candidates = list(reversed(checkpoint.checkpoints(self.run_dir)))
-        else:
-            candidates = [Path(path)]
-        problems = []
-        for cand in candidates:
-            try:
-                checkpoint.verify_checkpoint(cand)
-                loaded, state, rank_state = checkpoint.load_checkpoint(cand, self.model, self.shard)
-            except ValueError as err:
-                problems.append(str(err))
-                continue
-            if problems:
-                warnings.warn("skipping damaged checkpoint(s): " + "; ".join(problems)
-                              + f"; resuming from {cand}", stacklevel=2)
-            break
-        else:
-            raise FileNotFoundError("no valid checkpoint to resume from"
-                                    + (f" in {self.run_dir / checkpoint.CHECKPOINT_DIR}" if path is None else "")
-                                    + (f": {'; '.join(problems)}" if problems else ""))
-        path = cand
+        if path is None and self.run_dir is None:
+            raise ValueError("resume needs a run_dir")
+        path, loaded, state, rank_state = checkpoint.load_newest_valid(
+            [Path(path)] if path is not None else checkpoint.checkpoints(self.run_dir),
+            self.model, self.shard)
         self.dec.load_state_dict(loaded.state_dict())
         self.step = state["step"]
         self.warmup_done = state["warmup_done"]

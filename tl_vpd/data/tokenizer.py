@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tl_vpd import atomic
 from tl_vpd.layout import TOKENIZER_FILE
 
 __all__ = ["EOS_TOKEN", "TOKENIZER_FILE", "eos_id", "load_tokenizer", "save_tokenizer",
@@ -57,7 +58,7 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     if path.is_dir() or not path.suffix:
         path = path / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(path))
+    atomic.write_text(path, tokenizer.to_str(pretty=True))  # a kill never leaves half a file
     return path
 
 
