@@ -1,5 +1,5 @@
 """tl_vpd.data.corpus: the standard-library corpus, local files, the Hugging Face guard and the
-cached default corpus."""
+cached default corpus (offline mode and local paths in detail: test_hub_offline.py)."""
 
 import socket
 import time
@@ -75,11 +75,15 @@ def test_read_text_files_errors(tmp_path):
         read_text_files(tmp_path / "missing")
 
 
-def test_hf_dataset_fails_fast_when_offline_env_set(monkeypatch):
-    pytest.importorskip("datasets")
+def test_hf_dataset_fails_fast_when_offline_and_not_cached(monkeypatch, tmp_path):
+    """Offline mode reads the cache (tests/test_hub_offline.py has the cached case); a miss
+    names the dataset at once."""
+    datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path))
     start = time.monotonic()
-    with pytest.raises(ConnectionError, match="some-org/some-dataset.*unreachable"):
+    with pytest.raises(ConnectionError, match="some-org/some-dataset.*not in the local Hugging "
+                                              "Face cache and offline mode is on"):
         load_hf_dataset_texts("some-org/some-dataset")
     assert time.monotonic() - start < 10
 

@@ -354,15 +354,27 @@ def load_target(run_dir: str | Path) -> tuple[HookedTransformer, Tokenizer | Non
 
 
 def load_pretrained(name: str, **kwargs) -> HookedTransformer:
-    """``HookedTransformer.from_pretrained_no_processing(name)``, failing fast when offline.
+    """``HookedTransformer.from_pretrained_no_processing(name)``, failing fast instead of hanging.
+
+    The rules of :func:`tl_vpd.data.corpus.load_from_hub`: online, an unreachable hub raises
+    ``ConnectionError`` at once; in offline mode (``HF_HUB_OFFLINE=1``) the model is read from the
+    local Hugging Face cache without touching the network, and one not cached raises
+    ``ConnectionError`` naming it.
 
     Arguments:
-        name: A TransformerLens model name, e.g. ``"gpt2"``.
+        name: A TransformerLens model name, e.g. ``"gpt2"``. A local path (``./run``, ``/...``,
+            ``~/...``, ``*.safetensors``) is refused: ``FileNotFoundError`` if it does not exist,
+            else ``ValueError`` pointing to :func:`load_target`.
         **kwargs: Passed on to ``from_pretrained_no_processing``.
 
     Returns:
         The model with unprocessed weights (no LayerNorm folding or centering), so its parameters
         are those of the original checkpoint.
     """
-    check_hub_reachable(f"model {name!r}")
-    return HookedTransformer.from_pretrained_no_processing(name, **kwargs)
+    from tl_vpd.data.corpus import load_from_hub, local_path  # the rules of the dataset loaders
+
+    if local_path(name, by_folder=False) is not None:
+        raise ValueError(f"{name!r} is a local path; load_pretrained takes TransformerLens model "
+                         "names (e.g. 'gpt2'). For a target trained here use load_target(run_dir).")
+    return load_from_hub(f"model {name!r}",
+                         lambda: HookedTransformer.from_pretrained_no_processing(name, **kwargs))

@@ -1,7 +1,8 @@
 """Language-model data, one module per concept:
 
 * :mod:`tl_vpd.data.corpus` — corpora that need no download (the standard library's source,
-  local files), Hugging Face datasets, :func:`default_corpus` and :class:`LMCorpus`;
+  local files), Hugging Face datasets and the offline / local-path rules for loads by name
+  (:func:`load_from_hub`, :func:`local_path`), :func:`default_corpus` and :class:`LMCorpus`;
 * :mod:`tl_vpd.data.tokenizer` — the byte-level BPE tokenizer;
 * :mod:`tl_vpd.data.blocks` — token blocks and shuffled batches of them.
 
@@ -14,7 +15,10 @@ from tl_vpd.data.corpus import (
     LMCorpus,
     check_hub_reachable,
     default_corpus,
+    hub_offline,
+    load_from_hub,
     load_hf_dataset_texts,
+    local_path,
     read_text_files,
     stdlib_corpus,
 )
@@ -33,9 +37,12 @@ __all__ = [
     "LMCorpus",
     "check_hub_reachable",
     "default_corpus",
+    "hub_offline",
     "iterate_batches",
+    "load_from_hub",
     "load_hf_dataset_texts",
     "load_tokenizer",
+    "local_path",
     "read_text_files",
     "save_tokenizer",
     "stdlib_corpus",

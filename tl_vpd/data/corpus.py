@@ -3,8 +3,11 @@ and, as an optional extra, Hugging Face datasets; :func:`default_corpus` tokeniz
 :class:`LMCorpus`.
 
 The default corpus is the source of the installed Python standard library, so every machine that
-runs this library can build it offline. Hugging Face datasets fail fast when the hub cannot be
-reached.
+runs this library can build it offline. Loading by name from the Hugging Face hub
+(:func:`load_from_hub`, also used for pretrained models) follows three rules: a name that is a
+local path is read locally, and one that only looks like a path but does not exist raises
+``FileNotFoundError``; in offline mode (``HF_HUB_OFFLINE`` and kin) only the local cache is read,
+and a miss fails at once; otherwise an unreachable hub fails at once instead of retrying.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import os
 import socket
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,10 @@ __all__ = [
     "LMCorpus",
     "check_hub_reachable",
     "default_corpus",
+    "hub_offline",
+    "load_from_hub",
     "load_hf_dataset_texts",
+    "local_path",
     "read_text_files",
     "stdlib_corpus",
 ]
@@ -43,8 +50,14 @@ TOKENS_FILE = "tokens.safetensors"  # the token blocks of a cached corpus
 _STDLIB_SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
 )
-_OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+_OFFLINE_ENV_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _HUB_HOST = ("huggingface.co", 443)
+# Hub names never end like files, so a name ending like this is a local path.
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv",
+                  ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
+_FILE_SUFFIXES = set(_FILE_BUILDERS) | {".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf"}
+_LOCAL_HINT = ("Use local data instead: tl_vpd.data.read_text_files(folder) or "
+               "tl_vpd.data.default_corpus() for text, tl_vpd.target.load_target(run_dir) for models.")
 
 
 def _stable_unit(key: str) -> float:
@@ -151,32 +164,127 @@ def read_text_files(
     return texts
 
 
+def hub_offline() -> str | None:
+    """The environment variable that turns on the Hugging Face offline mode (``HF_HUB_OFFLINE``,
+    ``HF_DATASETS_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set to 1 / true / yes / on), or ``None``."""
+    for var in _OFFLINE_ENV_VARS:
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return var
+    return None
+
+
+def local_path(name: str, *, by_folder: bool = True) -> Path | None:
+    """The local file or folder that ``name`` names, or ``None`` for a hub name.
+
+    Arguments:
+        name: A hub name (``"org/name"``) or a local path.
+        by_folder: Also count as local a name that exists as given, or whose first folder exists
+            (a local ``data/corpus`` shadows a hub name, as in ``datasets``); off for model names.
+
+    Returns:
+        The existing path, or ``None`` when ``name`` is not a local path.
+
+    Raises:
+        FileNotFoundError: ``name`` looks like a local path (starts with ``./``, ``../``, ``/`` or
+            ``~``, ends like a data or weights file, or by ``by_folder``) but does not exist.
+    """
+    path = Path(name).expanduser()
+    parts = name.replace(os.sep, "/").split("/")
+    looks_local = (name.startswith(("~", "./", "../", "." + os.sep, ".." + os.sep))
+                   or os.path.isabs(name) or path.suffix.lower() in _FILE_SUFFIXES
+                   or (by_folder and len(parts) > 1 and Path(parts[0]).expanduser().is_dir()))
+    if path.exists() and (looks_local or by_folder):
+        return path
+    if looks_local:
+        raise FileNotFoundError(f"No such file or directory: {name!r} (resolved to "
+                                f"{path.absolute()}); it names a local path, not a hub name, so the hub was not asked.")
+    return None
+
+
 def check_hub_reachable(what: str, timeout: float = 3.0) -> None:
-    """Raise ``ConnectionError`` at once if the Hugging Face hub cannot be used.
+    """Raise ``ConnectionError`` at once if the Hugging Face hub cannot be reached.
 
     Downloads from an unreachable hub can retry for minutes; this probe turns that into an
-    immediate error. ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set to a true value count as
-    unreachable.
+    immediate error. In offline mode (:func:`hub_offline`) nothing will be downloaded, so it
+    returns without probing.
 
     Arguments:
         what: What was being loaded, e.g. ``"dataset 'roneneldan/TinyStories'"``; named in the error.
         timeout: Seconds to wait for a TCP connection to huggingface.co.
     """
-    hint = (
-        "Use local data instead: tl_vpd.data.read_text_files(folder) or "
-        "tl_vpd.data.default_corpus() for text, tl_vpd.target.load_target(run_dir) for models."
-    )
-    for var in _OFFLINE_ENV_VARS:
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            raise ConnectionError(
-                f"Cannot load {what}: the Hugging Face hub is unreachable ({var} is set). {hint}"
-            )
+    if hub_offline() is not None:
+        return
     try:
         socket.create_connection(_HUB_HOST, timeout=timeout).close()
     except OSError as err:
-        raise ConnectionError(
-            f"Cannot load {what}: the Hugging Face hub (huggingface.co:443) is unreachable ({err}). {hint}"
-        ) from err
+        raise ConnectionError(f"Cannot load {what}: the Hugging Face hub (huggingface.co:443) is "
+                              f"unreachable ({err}). {_LOCAL_HINT}") from err
+
+
+@contextmanager
+def _libraries_offline() -> Iterator[None]:
+    """Hold ``huggingface_hub`` and ``datasets`` in offline mode. They read the variables once, on
+    import, so one set later (a notebook, a test) would be ignored and the load would go online."""
+    # A module not imported yet reads the variables when it is.
+    mods = [sys.modules.get("huggingface_hub.constants"), sys.modules.get("datasets.config")]
+    saved = [(m, f, getattr(m, f)) for m in mods if m is not None
+             for f in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(m, f)]
+    for mod, flag, _ in saved:
+        setattr(mod, flag, True)
+    try:
+        yield
+    finally:
+        for mod, flag, value in reversed(saved):
+            setattr(mod, flag, value)
+
+
+def load_from_hub(what: str, load: Callable[[], object], timeout: float = 3.0):
+    """``load()`` (a load by hub name) failing fast instead of hanging.
+
+    Online, the hub is probed first (:func:`check_hub_reachable`). In offline mode there is no
+    probe: ``load()`` runs with the libraries held offline, so it reads the local cache, and an
+    ``OSError`` (nothing cached) becomes a ``ConnectionError`` naming ``what``.
+
+    Arguments:
+        what: What is loaded, e.g. ``"model 'gpt2'"``; named in errors.
+        load: Does the load, e.g. ``lambda: datasets.load_dataset(name)``.
+        timeout: Seconds the probe waits for huggingface.co.
+
+    Returns:
+        What ``load()`` returns.
+    """
+    var = hub_offline()
+    if var is None:
+        check_hub_reachable(what, timeout)
+        return load()
+    with _libraries_offline():
+        try:
+            return load()
+        except OSError as err:  # ConnectionError, FileNotFoundError: not (fully) in the cache
+            detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise ConnectionError(
+                f"Cannot load {what}: it is not in the local Hugging Face cache and offline mode "
+                f"is on ({var}={os.environ[var]}). Unset {var} to download it, or load something "
+                f"cached. {_LOCAL_HINT} ({detail})") from err
+
+
+def _load_local_dataset(datasets, path: Path, config: str | None, split: str, streaming: bool):
+    """A dataset from a local folder (``save_to_disk`` output or data files) or a data file."""
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            if split not in dataset:
+                raise KeyError(f"{path} has splits {sorted(dataset)}, not {split!r}.")
+            dataset = dataset[split]
+        return dataset.to_iterable_dataset() if streaming else dataset
+    if path.is_dir():
+        return datasets.load_dataset(str(path), config, split=split, streaming=streaming)
+    builder = _FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"{path} is not a dataset file this loader knows; use one ending in "
+                         f"{sorted(_FILE_BUILDERS)}, or a folder.")
+    return datasets.load_dataset(builder, data_files={split: str(path)}, split=split,
+                                 streaming=streaming)
 
 
 def load_hf_dataset_texts(
@@ -189,7 +297,9 @@ def load_hf_dataset_texts(
     """Texts of a Hugging Face dataset (needs the optional ``datasets`` package).
 
     Arguments:
-        name: Hub dataset name, e.g. ``"roneneldan/TinyStories"``, or a local dataset folder.
+        name: Hub dataset name, e.g. ``"roneneldan/TinyStories"``, or a local path: a dataset
+            folder (``save_to_disk`` output or data files) or one data file (``.jsonl``, ``.csv``,
+            ``.parquet``, ``.txt``, ...). The hub rules are those of :func:`load_from_hub`.
         split: Dataset split.
         text_column: Column holding the text.
         max_docs: Stream and keep only this many documents instead of downloading the whole split.
@@ -201,21 +311,26 @@ def load_hf_dataset_texts(
     try:
         import datasets
     except ImportError as err:
-        raise ImportError(
-            "load_hf_dataset_texts needs the Hugging Face `datasets` package: pip install datasets"
-        ) from err
-    if not Path(name).exists():
-        check_hub_reachable(f"dataset {name!r}")
-    streaming = max_docs is not None
-    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    if streaming:
-        dataset = dataset.take(max_docs)
-    texts = []
-    for row in dataset:
-        if text_column not in row:
-            raise KeyError(f"Dataset {name!r} has no column {text_column!r}; its columns are {sorted(row)}.")
-        texts.append(row[text_column])
-    return texts
+        raise ImportError("load_hf_dataset_texts needs the `datasets` package: pip install datasets") from err
+    streaming, path = max_docs is not None, local_path(name)
+
+    def read() -> list[str]:
+        if path is not None:
+            dataset = _load_local_dataset(datasets, path, config, split, streaming)
+        else:
+            dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+        texts = []
+        for row in dataset.take(max_docs) if streaming else dataset:
+            if text_column not in row:
+                raise KeyError(f"Dataset {name!r} has no column {text_column!r}; its columns are "
+                               f"{sorted(row)}.")
+            texts.append(row[text_column])
+        return texts
+
+    if path is not None:  # local data: no hub, not even the libraries' download counters
+        with _libraries_offline():
+            return read()
+    return load_from_hub(f"dataset {name!r}" + (f" (config {config!r})" if config else ""), read)
 
 
 @dataclass
