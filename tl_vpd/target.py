@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_vpd import atomic
 from tl_vpd._typing import Int
-from tl_vpd.data.corpus import check_hub_reachable
+from tl_vpd.data.corpus import load_from_hub, local_path
 from tl_vpd.data.tokenizer import load_tokenizer, save_tokenizer
 from tl_vpd.data_stream import DataStream
 from tl_vpd.identity import data_fingerprint
@@ -371,7 +371,6 @@ def load_pretrained(name: str, **kwargs) -> HookedTransformer:
         The model with unprocessed weights (no LayerNorm folding or centering), so its parameters
         are those of the original checkpoint.
     """
-    from tl_vpd.data.corpus import load_from_hub, local_path  # the rules of the dataset loaders
 
     if local_path(name, by_folder=False) is not None:
         raise ValueError(f"{name!r} is a local path; load_pretrained takes TransformerLens model "
