@@ -97,3 +97,34 @@ def test_run_with_hooks_is_checked_too():
             # a hook that runs the MLP a second time makes the site fire twice in one pass
             mlp = model.blocks[1].mlp
             model.run_with_hooks(toks, fwd_hooks=[("blocks.1.hook_resid_mid", lambda x, hook: (mlp(x), x)[1])])
+
+
+def test_subclasses_of_hooked_transformer_are_detected():
+    """A user subclass used to get "no backend" (the test compared the class name)."""
+    from transformer_lens import HookedTransformer
+
+    from tl_vpd.backends import get_backend
+    from tl_vpd.toy_models import TMS
+
+    class MyHT(HookedTransformer):
+        pass
+
+    base = make_model("gpt2")
+    sub = MyHT(base.cfg)
+    sub.load_state_dict(base.state_dict())
+    assert get_backend(sub).name == "hooked_transformer"
+    dec = Decomposition.from_model(sub, C=4)
+    assert dec.sites == expected_sites(sub)
+    toks = tokens()
+    ones = {n: torch.ones(*toks.shape, 4) for n in dec.sites}
+    assert torch.allclose(dec.run_masked(toks, ones), base(toks), atol=1e-5)
+    # The other families keep their backends; a module that merely shares the name does not
+    # count as a HookedTransformer.
+    assert get_backend(TMS(n_features=5, n_hidden=2)).name == "hook_points"
+
+    class HookedTransformer_(torch.nn.Module):
+        pass
+
+    HookedTransformer_.__name__ = "HookedTransformer"
+    with pytest.raises(TypeError, match="no backend"):
+        get_backend(HookedTransformer_())

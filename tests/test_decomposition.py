@@ -132,3 +132,22 @@ def test_masked_refuses_nesting_and_orphan_delta_masks():
     with dec.masked(half):  # usable again after both errors
         out = model(toks)
     assert not torch.allclose(out, model(toks))
+
+
+def test_lower_precision_components_warn_once():
+    """bfloat16 components on a float32 model move the unmasked output by bf16 rounding (about
+    1e-2 here): that is said once, at construction; a dtype as fine as the model's is silent."""
+    import warnings
+
+    model = make_model("gpt2")
+    toks = tokens()
+    with pytest.warns(UserWarning, match=r"stored in bfloat16, a lower precision than the "
+                      r"model's weights \(float32.*pass dtype=\"float32\"") as record:
+        dec = Decomposition.from_model(model, C=4, dtype="bfloat16")
+    assert len([w for w in record if issubclass(w.category, UserWarning)]) == 1
+    ones = {n: torch.ones(*toks.shape, c.C) for n, c in dec.components.items()}
+    assert (dec.run_masked(toks, ones) - model(toks)).abs().max() > 1e-3  # what it warns about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for dtype in ("float32", "float64"):
+            Decomposition.from_model(model, C=4, dtype=dtype)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tl_vpd
-from tl_vpd import Decomposition, io
+from tl_vpd import Decomposition, identity, io
 from model_zoo import make_model, tokens
 
 
@@ -23,7 +23,7 @@ def dec(model):
             c.U.mul_(1.5)
         for p in d.ci_fn.parameters():
             p.add_(0.1)
-    d.config = tl_vpd.VPDConfig(C=5, steps=3)
+    d.config = tl_vpd.VPDConfig(C=5, sites=("blocks.0.*",), seed=3, ci_fn="mlp", steps=3)
     return d
 
 
@@ -51,6 +51,8 @@ def test_metadata_layout(dec, tmp_path):
     assert meta["backend"] == dec.backend.name
     assert meta["site_shapes"] == {n: [c.d_out, c.d_in, c.C] for n, c in dec.components.items()}
     assert set(meta["fingerprint"]) == set(dec.sites)
+    assert meta["model_fingerprint"] == identity.model_fingerprint(dec.model)
+    assert io.FORMAT_VERSION == 2 and meta["config"] == dec.config.to_dict()
     assert json.loads((tmp_path / "d" / io.SPEC_FILE).read_text()) == meta
 
 
@@ -89,3 +91,62 @@ def test_format_functions_round_trip(tmp_path):
     (U2, V2), = io.read_components(tmp_path, ["s"]).values()
     assert torch.equal(U2, U) and torch.equal(V2, V)
     assert torch.equal(io.read_ci_state(tmp_path)["layer.weight"], state["layer.weight"])
+
+
+def _as_version_1(path, drop_config=False):
+    """Rewrite a saved decomposition's metadata as format version 1 wrote it (no whole-model
+    fingerprint; the oldest files also had no config)."""
+    file = path / io.SPEC_FILE
+    meta = json.loads(file.read_text())
+    meta["format_version"] = 1
+    del meta["model_fingerprint"]
+    if drop_config:
+        del meta["config"]
+    file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("drop_config", [False, True])
+def test_version_1_files_still_load(dec, model, tmp_path, drop_config):
+    dec.save(tmp_path / "d")
+    _as_version_1(tmp_path / "d", drop_config)
+    again = tl_vpd.load(tmp_path / "d", model)
+    assert again.config == (None if drop_config else dec.config)
+    for name, c in dec.components.items():
+        assert torch.equal(again.components[name].U, c.U)
+    # Version 1 has per-site fingerprints: those are still checked ...
+    other = make_model("llama")
+    with torch.no_grad():
+        other.blocks[0].mlp.W_out.mul_(1.01)
+    with pytest.raises(ValueError, match="weights of site blocks.0.mlp.W_out differ"):
+        tl_vpd.load(tmp_path / "d", other)
+    # ... but it cannot tell a model that differs elsewhere: version 2 can.
+    elsewhere = make_model("llama")
+    with torch.no_grad():
+        elsewhere.embed.W_E.add_(0.1)
+    assert tl_vpd.load(tmp_path / "d", elsewhere).sites == dec.sites
+    dec.save(tmp_path / "v2")
+    with pytest.raises(ValueError, match=r"parameters differ .*embed\.W_E"):
+        tl_vpd.load(tmp_path / "v2", elsewhere)
+
+
+def test_refusals_name_the_file_and_leave_the_files_untouched(dec, model, tmp_path):
+    """A refused load raises before anything is built and leaves the files as they were."""
+    dec.save(tmp_path / "d")
+    file = tmp_path / "d" / io.COMPONENTS_FILE
+    data = file.read_bytes()
+    file.write_bytes(data[:100])
+    with pytest.raises(ValueError, match=rf"{file}.* is truncated or corrupt") as err:
+        tl_vpd.load(tmp_path / "d", model)
+    assert "Errno" not in str(err.value) and "SafetensorError" not in type(err.value).__name__
+    assert file.read_bytes() == data[:100]
+
+
+def test_header_and_tensor_readers(tmp_path):
+    U = torch.randn(3, 2, dtype=torch.float64)
+    io.write_decomposition(tmp_path, {"spec": {"C": 2}}, {"s": (U, U.T)}, {})
+    header = io.read_header(tmp_path / io.COMPONENTS_FILE)
+    assert header == {"s.U": ("F64", (3, 2)), "s.V": ("F64", (2, 3))}
+    with pytest.raises(ValueError, match=r"lacks the tensor\(s\) \['t.U', 't.V'\]"):
+        io.read_components(tmp_path, ["t"])
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors is missing"):
+        io.read_tensors(tmp_path / "nothing.safetensors")

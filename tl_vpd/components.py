@@ -17,6 +17,10 @@ and all-ones masks give the target's output exactly (``m − m_Δ = 0``). Gradie
 from __future__ import annotations
 
 import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +28,10 @@ from torch import nn
 from tl_vpd._typing import Float
 from tl_vpd.sites import Site
 
-__all__ = ["SiteComponents"]
+__all__ = ["DTYPES", "SiteComponents", "warn_if_coarser"]
+
+#: the dtypes U, V and the CI function may be stored in (``DecompositionSpec.dtype``)
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 class SiteComponents(nn.Module):
@@ -147,6 +154,44 @@ class SiteComponents(nn.Module):
     def extra_repr(self) -> str:
         heads = f", heads={self.n_heads}" if self.n_heads else ""
         return f"{self.name}: W[{self.d_out}, {self.d_in}], C={self.C}{heads}"
+
+
+def warn_if_coarser(dtype: torch.dtype, sites: Sequence[Site]) -> None:
+    """One ``UserWarning`` when ``dtype`` is coarser than the weights of ``sites``.
+
+    The components then hold ``W`` (and compute the swap) in ``dtype``, so even with all masks
+    1 the decomposed model differs from the target by ``dtype``'s rounding (about 1e-2 of an
+    output for bfloat16 on a float32 model) rather than being exact.
+
+    Arguments:
+        dtype: the components' dtype.
+        sites: the decomposed sites.
+
+    The warning points at the first caller outside tl_vpd (the user's ``from_model`` call).
+    """
+    found = [(s, s.weight.dtype) for s in sites]
+    coarse = [(s, d) for s, d in found
+              if d.is_floating_point and torch.finfo(dtype).eps > torch.finfo(d).eps]
+    if not coarse:
+        return
+    site, wdt = coarse[0]
+    name, model_name = (str(d).removeprefix("torch.") for d in (dtype, wdt))
+    exact = model_name if model_name in DTYPES else "float32"
+    warnings.warn(
+        f"the components are stored in {name}, a lower precision than the model's weights "
+        f"({model_name}, e.g. {site.name}): the unmasked decomposition (all masks 1) will differ "
+        f"from the target by {name} rounding instead of matching it exactly; pass "
+        f"dtype=\"{exact}\" for an exact swap",
+        UserWarning, stacklevel=_outside_package())
+
+
+def _outside_package() -> int:
+    """The ``stacklevel`` of the innermost frame of the caller's stack not in tl_vpd."""
+    package = str(Path(__file__).parent)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _init(W: torch.Tensor, C: int, init: str, generator: torch.Generator | None):

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 import tl_vpd.analysis as analysis
-from tl_vpd import io
+from tl_vpd import identity, io, load_checks
 from tl_vpd._typing import Float, Num
 from tl_vpd._version import __version__
 from tl_vpd.backends import Backend, get_backend
-from tl_vpd.components import SiteComponents
+from tl_vpd.components import DTYPES, SiteComponents, warn_if_coarser
 from tl_vpd.config import VPDConfig
 from tl_vpd.evaluate import evaluate
 from tl_vpd.importance import CausalImportance, build_ci_fn, lower_leaky_sigmoid
@@ -29,9 +29,6 @@ from tl_vpd.sites import Site, resolve_C, select_sites
 from tl_vpd.spec import SPEC_DEFAULTS, DecompositionSpec
 
 __all__ = ["CIResult", "Decomposition", "load"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
 
 @dataclass
 class CIResult:
@@ -111,7 +108,8 @@ class Decomposition(nn.Module):
             ci_n_heads: heads of the global CI transformer.
             init: ``"random"`` or ``"svd"``.
             leaky_alpha: slope of the leaky hard sigmoids.
-            dtype: dtype of U, V and the CI function.
+            dtype: dtype of U, V and the CI function (one coarser than the model's weights
+                warns: the swap is then exact only up to its rounding).
 
         Returns:
             The decomposition; with all masks 1 it reproduces the model exactly.
@@ -134,15 +132,17 @@ class Decomposition(nn.Module):
                 (``config.spec`` is then the usual ``spec``); stored as ``.config``.
 
         Returns:
-            The decomposition; its ``.spec`` holds the resolved site names.
+            The decomposition; its ``.spec`` holds the resolved site names. A ``UserWarning``
+            says when ``spec.dtype`` is coarser than the model's weights.
         """
-        if spec.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {spec.dtype!r}")
-        dtype = _DTYPES[spec.dtype]
+        if spec.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {spec.dtype!r}")
+        dtype = DTYPES[spec.dtype]
         backend = get_backend(model)
         chosen = select_sites(backend.find_sites(model), spec.sites)
         if not chosen:
             raise ValueError("the model has no decomposable sites")
+        warn_if_coarser(dtype, chosen)
         Cs = resolve_C(spec.C, [s.name for s in chosen])
         gen = torch.Generator().manual_seed(spec.seed)
         comps = {s.name: SiteComponents(s, Cs[s.name], spec.init, gen, dtype) for s in chosen}
@@ -328,8 +328,14 @@ class Decomposition(nn.Module):
 
         Returns:
             ``path``.
+
+        Raises:
+            ValueError: ``self.config`` disagrees with ``self.spec`` (it would not load).
         """
         comps = self.components
+        if self.config is not None:
+            load_checks.check_savable(self.config, self.spec,
+                                      self.backend.find_sites(self.model), path)
         meta = {
             "tl_vpd_version": __version__,
             "backend": self.backend.name,
@@ -337,6 +343,7 @@ class Decomposition(nn.Module):
             "spec": self.spec.to_dict(),
             "site_shapes": {n: [c.d_out, c.d_in, c.C] for n, c in comps.items()},
             "fingerprint": io.fingerprint({n: self.target_weight(n) for n in self.sites}),
+            "model_fingerprint": identity.model_fingerprint(self.model),
             "config": None if self.config is None else self.config.to_dict(),
         }
         return io.write_decomposition(path, meta, {n: (c.U, c.V) for n, c in comps.items()},
@@ -346,26 +353,23 @@ class Decomposition(nn.Module):
     def load(cls, path: str | Path, model: nn.Module) -> Decomposition:
         """Restore a decomposition saved with :meth:`save` onto its target ``model``.
 
+        Every file is checked before anything is built (:mod:`tl_vpd.load_checks`), so an error
+        leaves nothing half-loaded.
+
         Raises:
-            FileNotFoundError: ``path`` is not a saved decomposition.
-            ValueError: ``model`` is not the target it was trained on (different sites, shapes or
-                weights).
+            FileNotFoundError: ``path`` is not a saved decomposition, or lacks one of its files.
+            ValueError: a file is truncated, corrupt or edited (the message names it), or
+                ``model`` is not the target it was trained on (different sites, shapes or
+                parameters).
+            TypeError: tl_vpd has no backend for ``model``.
         """
-        meta = io.read_metadata(path)
-        spec = dict(meta["spec"])
-        sites = spec.pop("sites")
-        dec = cls.from_model(model, sites=sites, **spec)
-        if dec.sites != sites:
-            raise ValueError(f"the model's sites {dec.sites} differ from the saved ones {sites}")
-        io.check_fingerprint(meta["fingerprint"],
-                             io.fingerprint({n: dec.target_weight(n) for n in dec.sites}))
+        contents = load_checks.read_checked(path, model)
+        dec = cls.from_spec(model, contents.spec, contents.config)
         with torch.no_grad():
-            for name, (U, V) in io.read_components(path, dec.sites).items():
+            for name, (U, V) in contents.components.items():
                 dec.components[name].U.copy_(U)
                 dec.components[name].V.copy_(V)
-        dec.ci_fn.load_state_dict(io.read_ci_state(path))
-        if meta.get("config") is not None:
-            dec.config = VPDConfig.from_dict(meta["config"])
+        dec.ci_fn.load_state_dict(contents.ci_state)
         return dec
 
     # ------------------------------------------------------------- display

@@ -9,11 +9,14 @@ The defaults of these fields live here and nowhere else (``VPDConfig`` and
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["CIFnKind", "DTypeName", "DecompositionSpec", "InitKind", "SPEC_DEFAULTS"]
+__all__ = ["CIFnKind", "DTypeName", "DecompositionSpec", "InitKind", "SPEC_DEFAULTS",
+           "saved_spec_problems"]
 
 InitKind = Literal["random", "svd"]
 CIFnKind = Literal["mlp", "vector_mlp", "shared_mlp", "global_mlp", "global_transformer"]
@@ -41,7 +44,10 @@ class DecompositionSpec:
     """
 
     # Loose annotations (str, Sequence): the dataclass normalises lists to tuples, and the CI
-    # builder and backends give the errors that name the valid options.
+    # builder and backends give the errors that name the valid options. C is checked in
+    # __post_init__; this keeps jaxtyping's import hook (tests) from pre-empting that message.
+    __no_type_check__ = True
+
     C: int | Mapping[str, int]
     sites: str | Sequence[str] | None = None  # None = every attention and MLP matrix
     seed: int = 0  # library choice
@@ -55,9 +61,17 @@ class DecompositionSpec:
     dtype: str = "float32"  # library choice: dtype of U, V and the CI parameters
 
     def __post_init__(self) -> None:
+        # C is checked here (a dict value of 2.5 would otherwise be truncated to 2 downstream);
+        # the CI builder and backends check the other fields, naming the valid options.
+        problem = _C_problem(self.C)
+        if problem:
+            error, message = problem
+            raise error(f"DecompositionSpec.{message}")
         # Accept the list/dict forms JSON and YAML give, keep a canonical copy.
         if isinstance(self.C, Mapping):
-            object.__setattr__(self, "C", dict(self.C))
+            object.__setattr__(self, "C", {p: int(v) for p, v in self.C.items()})
+        else:
+            object.__setattr__(self, "C", int(self.C))
         if isinstance(self.sites, str):
             object.__setattr__(self, "sites", (self.sites,))
         elif isinstance(self.sites, Sequence):
@@ -99,3 +113,67 @@ SPEC_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(DecompositionSpec)
     if f.default is not dataclasses.MISSING
 }
+
+
+def _C_problem(C: Any) -> tuple[type[Exception], str] | None:
+    """What is wrong with a value of ``C``, as ``(exception type, message)``; ``None`` when it is
+    an int >= 1 or a non-empty dict of glob pattern -> int >= 1."""
+    if isinstance(C, Mapping):
+        if not C:
+            return ValueError, "C must be an int >= 1 or a non-empty dict of glob pattern -> int (got {})"
+        for pattern, value in C.items():
+            if not isinstance(pattern, str) or not pattern:
+                return TypeError, f"C's keys must be non-empty glob patterns (got {pattern!r})"
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                return TypeError, f"C[{pattern!r}] must be an int >= 1 (got {value!r})"
+            if value < 1:
+                return ValueError, f"C[{pattern!r}] must be >= 1 (got {value!r})"
+        return None
+    if isinstance(C, bool) or not isinstance(C, numbers.Integral):
+        return TypeError, f"C must be an int >= 1 or a dict of glob pattern -> int (got {C!r})"
+    return None if C >= 1 else (ValueError, f"C must be >= 1 (got {C!r})")
+
+
+def saved_spec_problems(d: Any) -> list[str]:
+    """What is wrong with a spec as a saved decomposition records it (the :meth:`~DecompositionSpec.
+    to_dict` of a built decomposition: every field present, ``sites`` the resolved site names).
+
+    Arguments:
+        d: the spec as read from JSON.
+
+    Returns:
+        One line per problem (empty when the spec is well formed).
+    """
+    if not isinstance(d, Mapping):
+        return [f"it is a {type(d).__name__}, not an object"]
+    names = [f.name for f in dataclasses.fields(DecompositionSpec)]
+    problems = []
+    missing = [n for n in names if n not in d]
+    if missing:
+        problems.append(f"missing field(s) {missing}")
+    unknown = sorted(set(d) - set(names), key=str)
+    if unknown:
+        problems.append(f"unknown field(s) {unknown}")
+    if "C" in d and _C_problem(d["C"]):
+        problems.append(_C_problem(d["C"])[1])
+    sites = d.get("sites")
+    if "sites" in d and (not isinstance(sites, list) or not sites
+                         or not all(isinstance(s, str) and s for s in sites)):
+        problems.append(f"sites must be a non-empty list of site names (got {sites!r})")
+    elif "sites" in d and len(set(sites)) != len(sites):
+        problems.append(f"sites lists a site twice ({sites})")
+    for name, low in (("seed", None), ("ci_hidden", 1), ("ci_d_model", 1), ("ci_n_layers", 1),
+                      ("ci_n_heads", 1)):
+        v = d.get(name)
+        if name in d and (isinstance(v, bool) or not isinstance(v, int)
+                          or (low is not None and v < low)):
+            problems.append(f"{name} must be an int{'' if low is None else f' >= {low}'} "
+                            f"(got {v!r})")
+    for name, kind in (("ci_fn", CIFnKind), ("init", InitKind), ("dtype", DTypeName)):
+        if name in d and d[name] not in get_args(kind):
+            problems.append(f"{name} must be one of {list(get_args(kind))} (got {d[name]!r})")
+    a = d.get("leaky_alpha")
+    if "leaky_alpha" in d and (isinstance(a, bool) or not isinstance(a, (int, float))
+                               or not math.isfinite(a) or not 0 <= a <= 1):
+        problems.append(f"leaky_alpha must be a number in [0, 1] (got {a!r})")
+    return problems

@@ -90,9 +90,11 @@ class HookedTransformerBackend(Backend):
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
-        return type(model).__name__ == "HookedTransformer" and isinstance(
-            model, _hooked_transformer_class()
-        )
+        # HookedTransformer or a user subclass of it. The name test comes first so that other
+        # models never import transformer_lens (nor hit the TL 4 ImportError).
+        if not any(c.__name__ == "HookedTransformer" for c in type(model).__mro__):
+            return False
+        return isinstance(model, _hooked_transformer_class())
 
     # ------------------------------------------------------------------ sites
     def find_sites(self, model: nn.Module) -> list[Site]:
