@@ -34,18 +34,29 @@ IDENTITY_EXEMPT_FIELDS = frozenset({
 })
 
 _RTOL, _ATOL = 1e-5, 1e-6
+_BLOCK = 1 << 20
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, list[float]]:
     """``{name: [numel, sum, sum |p|, sum p * ramp]}`` for every named parameter of ``model``.
 
-    ``ramp`` is linear in the flat position, so a permutation of a parameter changes it.
+    ``ramp`` is linear in the flat position (from -1 to 1), so a permutation of a parameter
+    changes it. Sums are taken in float64 over blocks of ``_BLOCK`` entries, so a large model
+    never needs a float64 copy of a whole parameter.
     """
     out = {}
     for name, p in model.named_parameters():
-        t = p.detach().to(torch.float64).cpu().reshape(-1)
-        ramp = torch.linspace(-1.0, 1.0, t.numel(), dtype=torch.float64)
-        out[name] = [float(t.numel()), t.sum().item(), t.abs().sum().item(), (t * ramp).sum().item()]
+        flat = p.detach().reshape(-1)
+        n = flat.numel()
+        total = absolute = ramped = 0.0
+        for start in range(0, n, _BLOCK):
+            block = flat[start:start + _BLOCK].to("cpu", torch.float64)
+            ramp = torch.arange(start, start + block.numel(), dtype=torch.float64)
+            ramp = ramp.mul_(2.0 / max(n - 1, 1)).sub_(1.0)
+            total += block.sum().item()
+            absolute += block.abs().sum().item()
+            ramped += (block * ramp).sum().item()
+        out[name] = [float(n), total, absolute, ramped]
     return out
 
 
