@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import tl_vpd
+from model_zoo import corpus, make_model, small_cfg
 from tl_vpd.adversary import PersistentSources, fresh_pgd, init_sources
 
 
@@ -54,3 +56,40 @@ def test_persistent_sources_honour_init(init, value):
     assert torch.equal(ps.current(ci)["a"].detach(), torch.full((2, 3, 5), value))
     with pytest.raises(ValueError, match="pgd init"):
         PersistentSources("shared", lr=0.05, betas=(0.5, 0.99), init="half")
+
+
+def test_set_lr_reaches_the_optimizer():
+    ci = {"a": torch.zeros(2, 3, 4)}
+    ps = PersistentSources("shared", lr=0.05, betas=(0.5, 0.99))
+    ps.set_lr(0.2)  # before the optimiser exists: it is built with the new lr
+    ps.current(ci)
+    assert ps.optimizer.param_groups[0]["lr"] == 0.2
+    ps.set_lr(0.0)
+    assert ps.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_sources_lr_warmup_resumes_exactly(tmp_path):
+    """The sources' lr at step k is a function of k alone: a run interrupted during the warm-up
+    and resumed equals an uninterrupted one."""
+    model = make_model("gpt2")
+    cfg = small_cfg(steps=8, log_every=1, checkpoint_every=3, faithfulness_warmup_steps=3,
+                    ppgd_lr_warmup_frac=0.75, adversarial_routing="all")
+    full = tl_vpd.decompose(model, cfg.replace(checkpoint_every=0), corpus())
+
+    def interrupt(step, metrics, dec):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tl_vpd.decompose(model, cfg, corpus(), run_dir=tmp_path, callbacks=[interrupt])
+    resumed = tl_vpd.decompose(model, cfg, corpus(), run_dir=tmp_path, resume=True)
+    steps = [m for m in full.history if "ppgd_lr" in m]
+    assert [m["ppgd_lr"] for m in steps] == [pytest.approx(0.01 * k / 6) for k in range(6)] + [
+        pytest.approx(0.01)] * 2
+    assert len(full.history) == len(resumed.history)
+    for a, b in zip(full.history, resumed.history):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])), (a.get("step"), k)
+    for n in full.sites:
+        assert torch.allclose(full.components[n].U, resumed.components[n].U, atol=1e-6)

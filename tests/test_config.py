@@ -64,6 +64,12 @@ def test_unknown_key_names_key_and_suggestion():
         ({"ppgd_betas": (0.5, 1.0)}, r"ppgd_betas must be a pair of floats in \[0, 1\)"),
         ({"grad_clip_ci": 0.0}, r"grad_clip_ci must be None or a finite float > 0"),
         ({"sites": ()}, r"VPDConfig\.sites must be None or a non-empty"),
+        (
+            {"adversarial_routing": "subset"},
+            r"VPDConfig\.adversarial_routing must be one of 'same', 'all' \(got 'subset'\)",
+        ),
+        ({"ppgd_lr_warmup_frac": 1.5}, r"VPDConfig\.ppgd_lr_warmup_frac must be .*<= 1"),
+        ({"ppgd_lr_warmup_frac": -0.1}, r"VPDConfig\.ppgd_lr_warmup_frac must be .*>= 0"),
         ({"lr_warmup_steps": 3000}, r"lr_warmup_steps must be <= steps=2000"),
         (
             {"ci_fn": "global_transformer", "ci_d_model": 100, "ci_n_heads": 3},
@@ -204,6 +210,7 @@ def test_preset_vpd_paper():
     )
     assert (cfg.faithfulness_warmup_steps, cfg.faithfulness_warmup_lr) == (400, 1e-3)
     assert cfg.adversary == "persistent" and cfg.ppgd_lr == 0.01
+    assert cfg.ppgd_lr_warmup_frac == 0.025 and cfg.adversarial_routing == "same"
     assert cfg.ppgd_betas == (0.5, 0.99) and cfg.ppgd_inner_steps == 2
     assert cfg.ppgd_scope == "per_token" and cfg.routing == "uniform_k_subset"
     assert (cfg.steps, cfg.batch_size, cfg.seq_len) == (400_000, 64, 512)
@@ -249,3 +256,13 @@ def test_old_coefficient_names_still_load(tmp_path):
 def test_layerwise_routing_is_removed_with_a_pointer():
     with pytest.raises(ValueError, match="routing='all' with coeff_layerwise"):
         VPDConfig(routing="layerwise")
+
+
+def test_adversary_options_default_to_the_old_behaviour():
+    """The adversarial loss routes as the stochastic one and the sources' lr is constant unless
+    asked otherwise."""
+    cfg = VPDConfig()
+    assert cfg.adversarial_routing == "same" and cfg.ppgd_lr_warmup_frac == 0.0
+    assert cfg.p_anneal_start_frac == 0.0 and cfg.p_anneal_end_frac == 1.0
+    cfg = VPDConfig(adversarial_routing="all", ppgd_lr_warmup_frac=0.1, p_anneal_end_frac=0.6)
+    assert VPDConfig.from_dict(cfg.to_dict()) == cfg

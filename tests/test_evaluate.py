@@ -11,6 +11,7 @@ import tl_vpd
 from tl_vpd import Decomposition
 from tl_vpd.backends import HookPointSiteSpec
 from tl_vpd.data.corpus import default_corpus
+from tl_vpd.eval_pgd import AttackBatch, shared_pgd
 from tl_vpd.evaluate import compute_recovered, evaluate, l0_per_site
 from tl_vpd.target import target_config, train_target
 from model_zoo import make_model, tokens
@@ -91,6 +92,66 @@ def test_ce_and_l0_match_direct_computation(random_dec, eval_tokens, report):
 def test_adversarial_rows(report):
     assert [r["pgd_steps"] for r in report.adversarial] == [2, 4]
     assert all(r["kl"] > 0 for r in report.adversarial)
+    ref = report.adversarial_reference
+    assert ref["n_batches"] == N_BATCHES and ref["n_tokens"] == report.n_tokens
+    assert report.settings["pgd_restarts"] == 3
+    for r in report.adversarial:  # mean and spread over 3 random restarts
+        assert len(r["kl_restarts"]) == 3
+        assert r["kl_min"] <= r["kl"] <= r["kl_max"]
+        assert r["kl"] == pytest.approx(sum(r["kl_restarts"]) / 3)
+        assert r["per_stochastic"] == pytest.approx(r["kl"] / ref["stochastic"])
+        assert r["per_zero_max"] == pytest.approx(r["kl_max"] / ref["zero-ablated"])
+    # The references are the table's modes measured on the attacked tokens (here the same ones).
+    assert ref["zero-ablated"] == pytest.approx(report.zero_ablated, rel=1e-5)
+    assert report.pgd(4) is report.adversarial[1]
+    with pytest.raises(KeyError, match="no PGD attack of 3 steps"):
+        report.pgd(3)
+
+
+def test_shared_sources_span_every_attacked_batch(random_dec, eval_tokens):
+    """One source per subcomponent across all batches: attacking two batches with gradients
+    accumulated batch by batch is the attack on their concatenation."""
+    with torch.no_grad():
+        target, inputs = random_dec.run_target(eval_tokens)
+        ci = random_dec.ci(inputs).lower
+    halves = [AttackBatch(eval_tokens[s], target[s], {k: v[s] for k, v in ci.items()})
+              for s in (slice(0, 4), slice(4, 12))]  # unequal sizes: token-weighted
+    whole = AttackBatch(eval_tokens[:12], target[:12], {k: v[:12] for k, v in ci.items()})
+    kl = [shared_pgd(random_dec, batches, 3, generator=torch.Generator().manual_seed(5))
+          for batches in (halves, [whole])]
+    assert kl[0] == pytest.approx(kl[1], rel=1e-4)
+    start = shared_pgd(random_dec, [whole], 0, generator=torch.Generator().manual_seed(5))
+    assert kl[1] > start  # the attack ascends
+
+
+def test_pgd_tokens_pick_the_attacked_batches(random_dec, report):
+    """Batches beyond the tables' are drawn for the attack; the tables do not change."""
+    data = tokens(48, 12, seed=3)
+    kw = dict(n_batches=2, batch_size=BATCH, pgd_steps=(2,), pgd_restarts=1, progress=False)
+    more = evaluate(random_dec, data, pgd_tokens=200, **kw)  # 48 tokens a batch: 5 batches
+    assert more.settings["pgd_batches"] == more.adversarial_reference["n_batches"] == 5
+    assert more.adversarial_reference["n_tokens"] == 240 and more.n_tokens == 96
+    one = evaluate(random_dec, data, pgd_batches=1, **kw)  # overrides pgd_tokens
+    assert one.adversarial_reference["n_tokens"] == 48
+    assert one.recon == more.recon and one.sites == more.sites
+    r = one.adversarial[0]
+    assert r["kl_min"] == r["kl"] == r["kl_max"]  # one restart
+    none = evaluate(random_dec, data, pgd_batches=0, **kw)
+    assert none.adversarial == [] and none.adversarial_reference == {}
+    with pytest.raises(ValueError, match="pgd_restarts must be >= 1"):
+        evaluate(random_dec, data, pgd_restarts=0, n_batches=1)
+
+
+def test_ci_spectrum_and_histograms(random_dec, eval_tokens, report):
+    ci = random_dec.causal_importance(eval_tokens)
+    assert [s["site"] for s in report.ci_spectrum] == random_dec.sites
+    for spec, hist in zip(report.ci_spectrum, report.ci_histograms):
+        g = ci[spec["site"]].flatten(0, -2).double()
+        expected = g.mean(0).sort(descending=True).values
+        assert spec["mean_ci"] == pytest.approx(expected.tolist(), abs=1e-7)
+        assert hist["site"] == spec["site"] and len(hist["edges"]) == len(hist["counts"]) + 1
+        assert hist["zeros"] == int((g <= 0).sum())
+        assert hist["zeros"] + sum(hist["counts"]) == g.numel()
 
 
 def test_compute_recovered_by_hand():
@@ -124,7 +185,7 @@ def trained(tmp_path_factory):
 def test_ordering_on_a_trained_target(trained):
     dec, corpus, curve = trained
     rep = evaluate(dec, corpus.val, n_batches=2, batch_size=16, pgd_steps=(3,), target_curve=curve,
-                   progress=False)
+                   pgd_tokens=1024, progress=False)
     ce = {r["mode"]: r["ce"] for r in rep.recon}
     # U V reproduces W closely (C >= rank), and removing every matrix hurts a trained model.
     assert ce["target"] <= ce["unmasked"] + 1e-3
@@ -135,6 +196,9 @@ def test_ordering_on_a_trained_target(trained):
     assert all(0.0 <= x <= 1.0 for x in rec)
     assert rep.row("target")["compute_recovered"] == 1.0  # the curve falls to its last point
     assert rep.row("zero-ablated")["compute_recovered"] < rep.row("unmasked")["compute_recovered"]
+    # PGD on 1,024 tokens = two batches of 16 × 32, one set of sources across both.
+    assert rep.adversarial_reference["n_tokens"] == 1024
+    assert rep.pgd(3)["per_zero"] > 0
 
 
 class _ToyMLP(HookedRootModule):
@@ -167,6 +231,8 @@ def test_toy_models_report_mse():
     assert rep.row("zero-ablated")["mse_recovered"] == 0.0
     assert rep.n_tokens == 32 and rep.layers[0]["C"] == 16
     assert "MSE" in repr(rep) and "mse" in rep.adversarial[0]
+    # 8,192 examples attacked (the default), as one batch: toy batches are tiny.
+    assert rep.adversarial_reference["n_tokens"] == 8192 and rep.settings["pgd_batches"] == 512
 
 
 def test_decomposition_method_is_the_free_function(random_dec, eval_tokens, report):

@@ -1,14 +1,16 @@
 """The per-step loss recipe: which losses a step yields, in which order, with which share."""
 
+import pytest
 import torch
 
 from tl_vpd import Decomposition, VPDConfig
+from tl_vpd.adversary import PersistentSources
 from tl_vpd.recipe import step_losses
 from tl_vpd.distributed import Shard
 from model_zoo import make_model, tokens
 
 
-def _yielded(cfg):
+def _yielded(cfg, adversary=None, values=None):
     model = make_model("gpt2")
     dec = Decomposition.from_spec(model, cfg.spec, config=cfg)
     batch = tokens()
@@ -18,11 +20,35 @@ def _yielded(cfg):
     out = []
     for name, coeff, loss in step_losses(cfg, dec, batch, target, pre, p=1.0, recon_kind="kl",
                                          generator=torch.Generator().manual_seed(0),
-                                         shard=Shard(), adversary=None):
+                                         shard=Shard(), adversary=adversary):
         assert loss.ndim == 0 and torch.isfinite(loss)
         (coeff * loss).backward()  # as the trainer does: each graph freed before the next
         out.append((name, coeff))
+        if values is not None:
+            values[name] = loss.item()
     return dec, out, pre
+
+
+def _adversarial(adversary="fresh", **kw):
+    """The adversarial loss of one step from deterministic sources (ones), no stochastic loss."""
+    cfg = VPDConfig(C=4, adversary=adversary, pgd_steps=1, pgd_init="ones", coeff_stochastic=0.0,
+                    ppgd_inner_steps=1, **kw)
+    ps = (PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas, init="ones")
+          if adversary == "persistent" else None)
+    values = {}
+    _yielded(cfg, ps, values)
+    return values["adversarial"]
+
+
+@pytest.mark.parametrize("adversary", ["fresh", "persistent"])
+def test_adversarial_routing(adversary):
+    """"all" masks every site in the adversarial pass whatever the stochastic routing; "same"
+    routes it as the stochastic loss (the VPD paper)."""
+    subset = dict(routing="uniform_k_subset")
+    every = _adversarial(adversary, routing="all")
+    assert _adversarial(adversary, **subset, adversarial_routing="all") == every
+    assert _adversarial(adversary, routing="all", adversarial_routing="same") == every
+    assert _adversarial(adversary, **subset, adversarial_routing="same") != every
 
 
 def test_vpd_recipe_order_and_coefficients():

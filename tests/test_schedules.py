@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from tl_vpd.schedules import lr_schedule, p_schedule
+import tl_vpd
+from model_zoo import corpus, make_model, small_cfg
+from tl_vpd.schedules import lr_schedule, p_schedule, warmup_constant
 from tl_vpd.target import _lr_factor
 
 
@@ -69,3 +71,26 @@ def test_decomposition_lr_is_bit_identical_to_the_old_formula():
     for args in [(110, 1e-3, 10, 0.1), (100, 5e-5, 0, 0.1), (30, 1e-2, 30, 0.0)]:
         for step in range(args[0] + 2):
             assert lr_schedule(step, *args) == old(step, *args)
+
+
+def test_warmup_constant():
+    """The persistent sources' lr: linear from 0 over int(frac · steps) steps, then constant."""
+    assert [warmup_constant(k, 100, 0.01, 0.04) for k in (0, 1, 2, 3, 4, 50, 150)] == [
+        pytest.approx(v) for v in (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01)]
+    assert all(warmup_constant(k, 100, 0.01, 0.0) == 0.01 for k in range(0, 100, 7))
+    assert warmup_constant(5, 100, 0.01, 0.009) == 0.01  # shorter than a step: no warm-up
+    with pytest.raises(ValueError, match="warmup_frac"):
+        warmup_constant(0, 100, 0.01, 1.5)
+
+
+def test_training_applies_the_p_anneal_end_and_the_sources_lr_warmup():
+    """p reaches p_end at p_anneal_end_frac of the run and stays; the logged lr of the persistent
+    sources follows warmup_constant step by step."""
+    cfg = small_cfg(steps=8, log_every=1, faithfulness_warmup_steps=0, p_anneal_end_frac=0.5,
+                    ppgd_lr_warmup_frac=0.5)
+    h = [m for m in tl_vpd.decompose(make_model("gpt2"), cfg, corpus()).history if "p" in m]
+    assert [m["p"] for m in h] == [pytest.approx(p_schedule(k, 8, 2.0, 0.4, 0.0, 0.5))
+                                   for k in range(8)]
+    assert all(m["p"] == pytest.approx(0.4) for m in h[4:]) and h[3]["p"] > 0.4
+    assert [m["ppgd_lr"] for m in h] == [pytest.approx(v)
+                                         for v in (0.0, 0.0025, 0.005, 0.0075) + (0.01,) * 4]

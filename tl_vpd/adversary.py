@@ -141,6 +141,14 @@ class PersistentSources:
         self.optimizer = torch.optim.Adam(list(self.sources.values()), lr=self.lr,
                                           betas=self.betas, maximize=True)
 
+    def set_lr(self, lr: float) -> None:
+        """Set the ascent's Adam learning rate (the trainer sets it every step from its schedule,
+        :func:`tl_vpd.schedules.warmup_constant`)."""
+        self.lr = lr
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
     def current(self, ci: CI, generator: torch.Generator | None = None) -> Sources:
         """The sources to use this step, broadcastable to ``[*lead, C + 1]`` (require grad)."""
         self._ensure(ci, generator)

@@ -9,19 +9,19 @@ fields that fix the decomposition's shape take their defaults from :mod:`tl_vpd.
 A field's allowed range is declared on the field (:func:`bounded`); one generic validator walks
 the fields when a config is built: a wrong type raises ``TypeError`` and an out-of-range value
 raises ``ValueError``, each naming the field, the bad value and what is allowed. Checks between
-fields are explicit in ``_check_cross_field``.
+fields are explicit in :func:`tl_vpd.config_checks.check_cross_field`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tl_vpd.config_checks import FIELD_CHECKS, check_cross_field
 from tl_vpd.presets import PRESETS
 from tl_vpd.spec import SPEC_DEFAULTS, CIFnKind, DecompositionSpec, DTypeName, InitKind
 from tl_vpd.validation import bounded, validate_fields
@@ -30,6 +30,7 @@ from tl_vpd.yaml_io import read_config_file, write_config_file
 __all__ = ["LEGACY_NAMES", "PRESETS", "VPDConfig"]
 
 RoutingKind = Literal["all", "uniform_k_subset"]
+AdversarialRoutingKind = Literal["same", "all"]
 AdversaryKind = Literal["none", "fresh", "persistent"]
 PGDInitKind = Literal["random", "ones", "zeros"]
 PGDScopeKind = Literal["per_token", "shared"]
@@ -120,11 +121,13 @@ class VPDConfig:
 
     # --- adversary -----------------------------------------------------------------------------
     adversary: AdversaryKind = "persistent"  # VPD paper: persistent PGD
+    adversarial_routing: AdversarialRoutingKind = "same"  # VPD paper: the adversarial loss routes as the stochastic one ("all" masks every site, as evaluation's PGD does: a deviation)
     pgd_init: PGDInitKind = "random"  # library choice: PGD sources start uniform in [0, 1]
     pgd_steps: int = bounded(20, ge=1)  # library choice: 20 steps of fresh PGD
     pgd_step_size: float = bounded(0.1, gt=0.0)  # VPD paper heuristic: n_steps × step size ≈ 2
     pgd_scope: PGDScopeKind = "per_token"  # VPD paper: training sources are per (batch, position)
     ppgd_lr: float = bounded(0.01, gt=0.0)  # VPD paper: Adam lr of the persistent sources
+    ppgd_lr_warmup_frac: float = bounded(0.0, ge=0.0, le=1.0)  # library choice: no warm-up (the VPD paper warms the sources' lr up linearly over 2.5% of the run: the vpd_paper preset)
     ppgd_betas: tuple[float, float] = (0.5, 0.99)  # VPD paper
     ppgd_inner_steps: int = bounded(2, ge=0)  # VPD paper: 2 warm-up ascent steps before the outer pass
     ppgd_scope: PPGDScopeKind = "per_token"  # VPD paper
@@ -149,39 +152,8 @@ class VPDConfig:
     compile: bool = False  # library choice: torch.compile the fused CI-side kernels (tl_vpd.fused); off as the first step compiles for ~10 s
 
     def __post_init__(self) -> None:
-        validate_fields(self, checks=_CUSTOM_CHECKS, removed=_REMOVED_OPTIONS)
-        self._check_cross_field()
-
-    def _check_cross_field(self) -> None:
-        if self.p_anneal_start_frac > self.p_anneal_end_frac:
-            raise ValueError(
-                "VPDConfig.p_anneal_start_frac must be <= p_anneal_end_frac (got "
-                f"{self.p_anneal_start_frac!r} > {self.p_anneal_end_frac!r})"
-            )
-        if self.lr_warmup_steps > self.steps:
-            raise ValueError(
-                f"VPDConfig.lr_warmup_steps must be <= steps={self.steps} "
-                f"(got {self.lr_warmup_steps!r})"
-            )
-        if not any(getattr(self, name) > 0 for name in _RECON_COEFF_FIELDS):
-            raise ValueError(
-                "VPDConfig needs at least one reconstruction or faithfulness loss: one of "
-                f"{', '.join(_RECON_COEFF_FIELDS)} must be > 0 (all are 0); without one nothing "
-                "ties the decomposition to the target"
-            )
-        if (self.adversary != "none") != (self.coeff_adversarial > 0):
-            raise ValueError(
-                f"VPDConfig.adversary={self.adversary!r} and coeff_adversarial="
-                f"{self.coeff_adversarial!r} disagree: the adversary only searches masks for the "
-                "adversarial reconstruction loss, so use adversary='none' exactly when "
-                "coeff_adversarial=0 (set both, or neither)"
-            )
-        if self.ci_fn == "global_transformer" and self.ci_d_model % self.ci_n_heads:
-            raise ValueError(
-                f"VPDConfig.ci_d_model must be divisible by ci_n_heads for "
-                f"ci_fn='global_transformer' (got ci_d_model={self.ci_d_model}, "
-                f"ci_n_heads={self.ci_n_heads})"
-            )
+        validate_fields(self, checks=FIELD_CHECKS, removed=_REMOVED_OPTIONS)
+        check_cross_field(self)
 
     # --- the decomposition's shape ---------------------------------------------------------------
 
@@ -299,71 +271,6 @@ class VPDConfig:
             if getattr(self, f.name) != f.default
         ]
         return f"VPDConfig({', '.join(changed)})"
-
-
-_RECON_COEFF_FIELDS = (
-    "coeff_faithfulness", "coeff_stochastic", "coeff_layerwise", "coeff_adversarial"
-)
-
-
-# --- fields whose shape needs its own check ----------------------------------------------------
-
-
-def _check_C(cfg: VPDConfig) -> None:
-    C = cfg.C
-    if isinstance(C, Mapping):
-        if not C:
-            raise ValueError("VPDConfig.C must be an int >= 1 or a non-empty dict (got {})")
-        for pattern, value in C.items():
-            if not isinstance(pattern, str) or not pattern:
-                raise TypeError(
-                    f"VPDConfig.C keys must be non-empty glob patterns (got {pattern!r})"
-                )
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"VPDConfig.C[{pattern!r}] must be an int >= 1 (got {value!r})")
-            if value < 1:
-                raise ValueError(f"VPDConfig.C[{pattern!r}] must be an int >= 1 (got {value!r})")
-        object.__setattr__(cfg, "C", {p: int(v) for p, v in C.items()})
-        return
-    if isinstance(C, bool) or not isinstance(C, numbers.Integral):
-        raise TypeError(
-            f"VPDConfig.C must be an int >= 1 or a dict of glob pattern -> int (got {C!r})"
-        )
-    if C < 1:
-        raise ValueError(f"VPDConfig.C must be an int >= 1 (got {C!r})")
-    object.__setattr__(cfg, "C", int(C))
-
-
-def _check_sites(cfg: VPDConfig) -> None:
-    sites = cfg.sites
-    if sites is None:
-        return
-    if isinstance(sites, str) or not isinstance(sites, Sequence):
-        raise TypeError(
-            f"VPDConfig.sites must be None or a sequence of glob patterns (got {sites!r})"
-        )
-    if not sites or not all(isinstance(s, str) and s for s in sites):
-        raise ValueError(
-            "VPDConfig.sites must be None or a non-empty sequence of non-empty glob "
-            f"patterns (got {sites!r})"
-        )
-    object.__setattr__(cfg, "sites", tuple(sites))
-
-
-def _check_betas(cfg: VPDConfig) -> None:
-    betas = cfg.ppgd_betas
-    allowed = "a pair of floats in [0, 1)"
-    if isinstance(betas, str) or not isinstance(betas, Sequence) or len(betas) != 2:
-        raise TypeError(f"VPDConfig.ppgd_betas must be {allowed} (got {betas!r})")
-    for beta in betas:
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-            raise TypeError(f"VPDConfig.ppgd_betas must be {allowed} (got {betas!r})")
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"VPDConfig.ppgd_betas must be {allowed} (got {betas!r})")
-    object.__setattr__(cfg, "ppgd_betas", (float(betas[0]), float(betas[1])))
-
-
-_CUSTOM_CHECKS = {"C": _check_C, "sites": _check_sites, "ppgd_betas": _check_betas}
 
 
 # --- key handling -----------------------------------------------------------------------------

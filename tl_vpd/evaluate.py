@@ -3,6 +3,8 @@
 :func:`evaluate` measures what the VPD paper reports for its language model (L0, CE/KL under
 masking, adversarial KL) and returns a :class:`~tl_vpd.report.EvalReport` (rendering and JSON
 live there); :func:`quick_eval` is what the training loop logs every ``eval_every`` steps.
+The adversary is :mod:`tl_vpd.eval_pgd` (sources shared across every attacked token, several
+batches and random restarts), the per-site CI statistics :mod:`tl_vpd.ci_stats`.
 
 Masking modes of the reconstruction table (Δ is excluded — its mask is 0 — in every mode but the
 last, as in the paper):
@@ -19,6 +21,7 @@ last, as in the paper):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,6 +32,8 @@ from tqdm.auto import tqdm
 from tl_vpd._typing import Float
 from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.data_stream import DataStream
+from tl_vpd.ci_stats import CI_HIST_BINS, ci_histogram, ci_histograms, ci_spectrum, l0_tables
+from tl_vpd.eval_pgd import AttackBatch, pgd_ladder, reference_losses
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import (
     delta_masks,
@@ -186,16 +191,22 @@ def _measure(metric: str, batch, target: torch.Tensor, out: torch.Tensor, sums: 
     sums.add("kl", kl.sum().item(), kl.numel())
 
 
-def _batches(dec: Decomposition, data, n_batches: int, batch_size: int, seed: int,
-             seq_len: int | None = None) -> list:
-    """Up to ``n_batches`` evaluation batches from ``data`` (tokens cropped to ``seq_len``,
-    default the model's context), validated like training data."""
+def _open_stream(dec: Decomposition, data, batch_size: int, seed: int,
+                 seq_len: int | None = None) -> tuple[DataStream, int | None]:
+    """An evaluation stream over ``data`` (tokens cropped to ``seq_len``, default the model's
+    context), validated like training data, and the most batches it holds (``None``: no limit)."""
     if torch.is_tensor(data):
         batch_size = min(batch_size, data.shape[0])
     stream = DataStream.for_model(data, dec.model, batch_size, seq_len, seed)
-    if stream.tokens is not None:
-        n_batches = min(n_batches, stream.tokens.shape[0] // batch_size)
-    return [stream.next() for _ in range(n_batches)]
+    cap = None if stream.tokens is None else stream.tokens.shape[0] // batch_size
+    return stream, cap
+
+
+def _batches(dec: Decomposition, data, n_batches: int, batch_size: int, seed: int,
+             seq_len: int | None = None) -> list:
+    """Up to ``n_batches`` evaluation batches from ``data`` (see :func:`_open_stream`)."""
+    stream, cap = _open_stream(dec, data, batch_size, seed, seq_len)
+    return [stream.next() for _ in range(n_batches if cap is None else min(n_batches, cap))]
 
 
 def _is_lm(dec) -> bool:
@@ -210,6 +221,8 @@ def evaluate(
     batch_size: int | None = None,
     pgd_steps: Sequence[int] = (5, 10, 20, 40, 80),
     pgd_batches: int | None = None,
+    pgd_tokens: int | None = 8192,
+    pgd_restarts: int = 3,
     target_curve: Sequence[Mapping] | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -220,15 +233,21 @@ def evaluate(
         dec: the :class:`~tl_vpd.Decomposition`.
         data: evaluation data, in any form :func:`tl_vpd.decompose` accepts (e.g. the validation
             token blocks ``[n, seq]``; sequences longer than the model's ``n_ctx`` are cropped).
-        n_batches: batches to evaluate (fewer if ``data`` is a smaller tensor).
+        n_batches: batches of the reconstruction, L0 and CI tables (fewer if ``data`` is a
+            smaller tensor).
         batch_size: examples per batch (default: the training config's, else 16).
-        pgd_steps: step counts of the fresh-PGD attacks (step size ``2/n`` each).
-        pgd_batches: attack only the first this many batches (default: all), as PGD costs
-            ``n`` forward and backward passes per batch.
+        pgd_steps: step counts of the fresh-PGD attacks (step size ``2/n`` each; the VPD paper
+            reports 20 to 320).
+        pgd_batches: attack this many batches together (the first ones; more are drawn from
+            ``data`` beyond ``n_batches`` when needed); overrides ``pgd_tokens``.
+        pgd_tokens: attack at least this many tokens (toy models: examples) together, in
+            whole batches (default 8192; the VPD paper attacks 65,536); ``None`` with
+            ``pgd_batches=None`` attacks the ``n_batches`` batches.
+        pgd_restarts: random starts of each attack; the report gives their mean and max.
         target_curve: the target's training curve ``[{"step", "tokens_seen", "val_ce"}, ...]``
             (:func:`tl_vpd.target.load_target` returns it) for "pretraining compute recovered".
-        seed: seeds the batch order, the stochastic masks and the PGD initialisation.
-        progress: show a progress bar over batches.
+        seed: seeds the batch order, the stochastic masks and the PGD starts.
+        progress: show progress bars.
 
     Returns:
         The :class:`~tl_vpd.report.EvalReport`.
@@ -237,25 +256,38 @@ def evaluate(
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     if any(int(n) < 1 for n in pgd_steps):
         raise ValueError(f"pgd_steps must be positive step counts, got {list(pgd_steps)}")
+    if pgd_restarts < 1:
+        raise ValueError(f"pgd_restarts must be >= 1, got {pgd_restarts}")
     cfg = getattr(dec, "config", None)
     batch_size = batch_size or getattr(cfg, "batch_size", 16)
     metric = "ce" if _is_lm(dec) else "mse"
     recon_kind = "kl" if metric == "ce" else "mse"
-    batches = _batches(dec, data, n_batches, batch_size, seed)
-    pgd_batches = len(batches) if pgd_batches is None else min(pgd_batches, len(batches))
+    stream, cap = _open_stream(dec, data, batch_size, seed)
+    batches = [stream.next() for _ in range(n_batches if cap is None else min(n_batches, cap))]
+    n_pgd = _n_attacked(batches[0], metric, len(batches), pgd_batches, pgd_tokens)
+    if n_pgd > len(batches):  # the same stream: the recon batches are unchanged
+        batches += [stream.next() for _ in range(n_pgd - len(batches) if cap is None
+                                                 else min(n_pgd, cap) - len(batches))]
+    n_recon, n_pgd = min(n_batches, len(batches)), min(n_pgd, len(batches))
     gen = torch.Generator().manual_seed(seed + 1)
+    pgd_gen = torch.Generator().manual_seed(seed + 2)  # apart: the tables draw as they always did
 
     sums = {TARGET: _Sums()}
     ci_sum = {n: torch.zeros(c.C, dtype=torch.float64) for n, c in dec.components.items()}
     fired = {n: torch.zeros(c.C, dtype=torch.bool) for n, c in dec.components.items()}
+    hist = {n: torch.zeros(CI_HIST_BINS + 1, dtype=torch.float64) for n in dec.sites}
     l0_sum = dict.fromkeys(dec.sites, 0.0)
-    adv = {int(n): 0.0 for n in pgd_steps}
+    attacked: list[AttackBatch] = []
     n_tokens = 0
     bar = tqdm(batches, desc="evaluate", disable=not progress, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         with torch.no_grad():
             target, inputs = dec.run_target(batch)
             ci = dec.ci(inputs).lower
+            if i < n_pgd:
+                attacked.append(AttackBatch(batch, target, {k: v.detach() for k, v in ci.items()}))
+            if i >= n_recon:
+                continue
             _measure(metric, batch, target, target, sums[TARGET])
             for mode, masks, dmasks in _mask_modes(ci, gen):
                 _measure(metric, batch, target, dec.run_masked(batch, masks, dmasks),
@@ -265,24 +297,63 @@ def evaluate(
                 ci_sum[n] += flat.sum(0)
                 fired[n] |= (flat > 0).any(0)
                 l0_sum[n] += (flat > 0).sum().item()
+                hist[n] += ci_histogram(flat)
             n_tokens += next(iter(ci.values())).shape[:-1].numel()
-        if i < pgd_batches:
-            for n in adv:
-                adv[n] += pgd_recon(dec, batch, target, ci, n, scope="shared", kind=recon_kind,
-                                    generator=gen)
 
+    if metric == "mse" and len(attacked) > 1:  # toy batches are tiny: attack them as one
+        attacked = [AttackBatch(*(torch.cat([getattr(a, f) for a in attacked])
+                                  for f in ("batch", "target")),
+                                {k: torch.cat([a.ci[k] for a in attacked]) for k in dec.sites})]
+    adversarial, reference = _attack(dec, attacked, n_pgd, pgd_steps, pgd_restarts, recon_kind,
+                                     pgd_gen, progress)
     recon = _recon_rows(metric, sums, target_curve)
-    sites, layers, total = _l0_tables(dec, ci_sum, fired, l0_sum, n_tokens)
-    adversarial = [{"pgd_steps": n, recon_kind: adv[n] / max(pgd_batches, 1)} for n in adv]
+    sites, layers, total = l0_tables(dec, ci_sum, fired, l0_sum, n_tokens)
     first = batches[0]
-    settings = {"n_batches": len(batches), "batch_size": int(first.shape[0]),
+    settings = {"n_batches": n_recon, "batch_size": int(first.shape[0]),
                 "seq_len": int(first.shape[1]) if metric == "ce" else None,
-                "pgd_batches": pgd_batches, "seed": seed,
-                "rounding_thresholds": list(ROUNDING_THRESHOLDS),
+                "pgd_batches": n_pgd, "pgd_tokens": reference.get("n_tokens", 0),
+                "pgd_restarts": pgd_restarts, "pgd_scope": "shared across all attacked tokens",
+                "seed": seed, "rounding_thresholds": list(ROUNDING_THRESHOLDS),
                 "alive_threshold": ALIVE_THRESHOLD}
     return EvalReport(metric=metric, recon=recon, sites=sites, layers=layers, total=total,
                       adversarial=adversarial, zero_ablated=sums[ZERO].mean(recon_kind),
-                      n_tokens=n_tokens, settings=settings)
+                      n_tokens=n_tokens, settings=settings, adversarial_reference=reference,
+                      ci_spectrum=ci_spectrum(ci_sum, n_tokens),
+                      ci_histograms=ci_histograms(hist))
+
+
+def _n_attacked(first, metric: str, n_recon: int, pgd_batches: int | None,
+                pgd_tokens: int | None) -> int:
+    """How many batches the PGD attack takes: ``pgd_batches``, else enough for ``pgd_tokens``,
+    else the reconstruction batches."""
+    if pgd_batches is not None:
+        if pgd_batches < 0:
+            raise ValueError(f"pgd_batches must be >= 0, got {pgd_batches}")
+        return pgd_batches
+    if pgd_tokens is None:
+        return n_recon
+    if pgd_tokens < 1:
+        raise ValueError(f"pgd_tokens must be >= 1 (or None), got {pgd_tokens}")
+    per_batch = first.numel() if metric == "ce" else first.shape[0]
+    return math.ceil(pgd_tokens / per_batch)
+
+
+def _attack(dec, attacked, n_batches, pgd_steps, restarts, kind, generator, progress):
+    """The PGD rows (with their ratios to the stochastic and zero-ablated losses on the same
+    tokens) and those references; nothing without attacked batches or step counts."""
+    if not attacked or not pgd_steps:
+        return [], {}
+    reference = reference_losses(dec, attacked, kind=kind, generator=generator)
+    reference.update(n_batches=n_batches, n_tokens=sum(
+        next(iter(a.ci.values())).shape[:-1].numel() for a in attacked))
+    rows = pgd_ladder(dec, attacked, pgd_steps, restarts=restarts, kind=kind,
+                      generator=generator, progress=progress)
+    for r in rows:
+        for ref, name in (("stochastic", "stochastic"), ("zero-ablated", "zero")):
+            d = reference[ref]
+            r[f"per_{name}"] = r[kind] / d if d > 0 else None
+            r[f"per_{name}_max"] = r[f"{kind}_max"] / d if d > 0 else None
+    return rows, reference
 
 
 def _recon_rows(metric: str, sums: dict[str, _Sums], curve) -> list[dict]:
@@ -299,22 +370,3 @@ def _recon_rows(metric: str, sums: dict[str, _Sums], curve) -> list[dict]:
                      "ce_recovered": 1 - (ce - ce_t) / (ce_0 - ce_t) if ce_0 != ce_t else None,
                      "compute_recovered": compute_recovered(ce, ce_t, curve)})
     return rows
-
-
-def _l0_tables(dec, ci_sum, fired, l0_sum, n_tokens):
-    sites = []
-    for n in dec.sites:
-        alive = int((ci_sum[n] / n_tokens > ALIVE_THRESHOLD).sum())
-        sites.append({"site": n, "layer": dec.site(n).layer, "C": dec.components[n].C,
-                      "l0": l0_sum[n] / n_tokens, "alive": alive, "fired": int(fired[n].sum())})
-
-    def summed(rows):
-        out = {k: sum(r[k] for r in rows) for k in ("C", "l0", "alive", "fired")}
-        out["l0_per_alive"] = out["l0"] / out["alive"] if out["alive"] else None
-        return out
-
-    for r in sites:
-        r["l0_per_alive"] = r["l0"] / r["alive"] if r["alive"] else None
-    layer_ids = list(dict.fromkeys(r["layer"] for r in sites))
-    layers = [{"layer": l, **summed([r for r in sites if r["layer"] == l])} for l in layer_ids]
-    return sites, layers, summed(sites)

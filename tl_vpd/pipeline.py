@@ -55,8 +55,12 @@ __all__ = [
     "unfinished_decomposition",
 ]
 
-DEFAULT_EVAL = dict(n_batches=8, batch_size=16, pgd_steps=(5, 10, 20, 40, 80), pgd_batches=1)
-QUICK_EVAL = dict(n_batches=4, batch_size=16, pgd_steps=(5, 10, 20, 40), pgd_batches=1)
+# Evaluation settings: PGD on 8,192 tokens with sources shared across all of them, 3 random
+# restarts, step counts up to the VPD paper's 320 (it attacks 65,536 tokens); --quick stops at 20.
+DEFAULT_EVAL = dict(n_batches=8, batch_size=16, pgd_steps=(5, 10, 20, 40, 80, 160, 320),
+                    pgd_tokens=8192, pgd_restarts=3)
+QUICK_EVAL = dict(n_batches=4, batch_size=16, pgd_steps=(5, 10, 20), pgd_tokens=8192,
+                  pgd_restarts=3)
 
 # The target-stage config schema: each section holds keyword arguments of one function, less the
 # ones the pipeline supplies itself.

@@ -41,7 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_mask_samples": 1,  # VPD paper
         "routing": "uniform_k_subset",  # VPD paper
         "adversary": "persistent",  # VPD paper
+        "adversarial_routing": "same",  # VPD paper: subset routing in the adversarial loss too
         "ppgd_lr": 0.01,  # VPD paper
+        "ppgd_lr_warmup_frac": 0.025,  # VPD paper: constant schedule with 2.5% warmup
         "ppgd_betas": (0.5, 0.99),  # VPD paper
         "ppgd_inner_steps": 2,  # VPD paper
         "ppgd_scope": "per_token",  # VPD paper

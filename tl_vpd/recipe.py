@@ -85,8 +85,8 @@ def step_losses(
         drawn = sample_sources({k: pre[k] for k in sites or pre}, generator, shard)
         return drawn if cfg.use_delta_component else zero_delta_sources(drawn)
 
-    def routing():
-        return sample_routing(dec.sites, lead, cfg.routing, generator, device=device, shard=shard)
+    def routing(kind: str = cfg.routing):
+        return sample_routing(dec.sites, lead, kind, generator, device=device, shard=shard)
 
     def recon(ms, dms) -> torch.Tensor:
         with amp():
@@ -112,8 +112,11 @@ def step_losses(
             yield ("layerwise", cfg.coeff_layerwise / len(dec.sites),
                    recon(*masks(sources([site]), None, [site])))
     if cfg.adversary != "none":
+        # "same": routed like the stochastic loss (VPD paper); "all": every site masked, as the
+        # evaluation's PGD attacks (a deviation from the paper), in the ascent and the outer pass.
+        kind = cfg.routing if cfg.adversarial_routing == "same" else cfg.adversarial_routing
         yield ("adversarial", cfg.coeff_adversarial,
-               _adversarial_loss(cfg, pre, masks, recon, routing(), generator=generator,
+               _adversarial_loss(cfg, pre, masks, recon, routing(kind), generator=generator,
                                  shard=shard, adversary=adversary))
 
 

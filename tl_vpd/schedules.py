@@ -1,4 +1,5 @@
-"""Schedules of the training runs: the cosine learning rate and the minimality exponent ``p``.
+"""Schedules of the training runs: the cosine learning rate, the persistent sources' warmed-up
+constant learning rate and the minimality exponent ``p``.
 
 The decomposition's learning rate and the target-model trainer's ``LambdaLR`` factor are both
 :func:`lr_schedule`, with their own warm-up convention (``warmup_offset``).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["lr_schedule", "p_schedule"]
+__all__ = ["lr_schedule", "p_schedule", "warmup_constant"]
 
 
 def lr_schedule(
@@ -46,6 +47,33 @@ def lr_schedule(
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     final_lr = final_frac * base_lr
     return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_constant(step: int, total_steps: int, base: float, warmup_frac: float) -> float:
+    """Linear warm-up from 0 to ``base`` over the first ``int(warmup_frac · total_steps)`` steps,
+    then ``base`` (VPD paper, training details: the persistent sources' Adam lr is "constant
+    with 2.5% warmup").
+
+    A pure function of ``step``, so a resumed run sets the same value an uninterrupted one does.
+
+    Arguments:
+        step: the current step (0-based); the warm-up's first step has the value 0.
+        total_steps: the length of the run.
+        base: the value after the warm-up.
+        warmup_frac: the warm-up's length as a fraction of the run, in ``[0, 1]``.
+
+    Returns:
+        The value at ``step`` as a float.
+    """
+    if total_steps < 1 or not 0.0 <= warmup_frac <= 1.0:
+        raise ValueError(
+            f"warmup_constant needs total_steps >= 1 and 0 <= warmup_frac <= 1 "
+            f"(got {total_steps}, {warmup_frac})"
+        )
+    warmup_steps = int(warmup_frac * total_steps)
+    if step < warmup_steps:
+        return float(base * step / warmup_steps)
+    return float(base)
 
 
 def p_schedule(

@@ -33,7 +33,7 @@ from tl_vpd.distributed import setup as setup_distributed
 from tl_vpd.evaluate import quick_eval
 from tl_vpd.losses import faithfulness_loss
 from tl_vpd.recipe import step_losses
-from tl_vpd.schedules import lr_schedule, p_schedule
+from tl_vpd.schedules import lr_schedule, p_schedule, warmup_constant
 
 __all__ = ["Callback", "DivergenceError", "NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
@@ -259,6 +259,9 @@ class Trainer:
         lr = lr_schedule(self.step, cfg.steps, cfg.lr, cfg.lr_warmup_steps, cfg.lr_final_frac)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        ppgd_lr = warmup_constant(self.step, cfg.steps, cfg.ppgd_lr, cfg.ppgd_lr_warmup_frac)
+        if self.adversary is not None:  # a pure function of the step: resumes set the same lr
+            self.adversary.set_lr(ppgd_lr)
         p = p_schedule(self.step, cfg.steps, cfg.p_start, cfg.p_end,
                        cfg.p_anneal_start_frac, cfg.p_anneal_end_frac)
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,6 +310,8 @@ class Trainer:
         self.shard.mean_([values])
         out = dict(zip(names, values.tolist()))
         out.update(lr=lr, p=p, step=self.step + 1)
+        if self.adversary is not None:
+            out["ppgd_lr"] = ppgd_lr
         return out
 
     # ------------------------------------------------------------------ logging
