@@ -97,7 +97,7 @@ def _cmd_main(args) -> None:
 
 def _eval_kw(args) -> dict:
     kw = dict(QUICK_EVAL if args.quick else DEFAULT_EVAL)
-    for key in ("n_batches", "batch_size", "pgd_batches", "seed"):
+    for key in ("n_batches", "batch_size", "pgd_batches", "pgd_tokens", "pgd_restarts", "seed"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     if args.pgd_steps is not None:
@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--n-batches", type=int)
         g.add_argument("--batch-size", type=int)
         g.add_argument("--pgd-steps", help="comma-separated PGD step counts, e.g. 5,10,20")
-        g.add_argument("--pgd-batches", type=int, help="batches attacked with PGD")
+        g.add_argument("--pgd-batches", type=int, help="batches attacked with PGD (overrides --pgd-tokens)")
+        g.add_argument("--pgd-tokens", type=int, help="tokens attacked with PGD (sources shared across all)")
+        g.add_argument("--pgd-restarts", type=int, help="random restarts of each PGD attack (mean and max reported)")
         g.add_argument("--seed", type=int)
 
     sp = sub.add_parser("train-target", help="train the default target on the default corpus")
