@@ -12,6 +12,7 @@ from tl_vpd.decompose import decompose
 from tl_vpd.decomposition import CIResult, Decomposition, load
 from tl_vpd.sites import Site
 from tl_vpd.spec import DecompositionSpec
+from tl_vpd.sharing import from_pretrained
 from tl_vpd.interrupts import TrainingInterrupted
 from tl_vpd.run_dir import RunMismatchError
 from tl_vpd.trainer import DivergenceError, NonFiniteLossError, Trainer
@@ -30,5 +31,6 @@ __all__ = [
     "VPDConfig",
     "__version__",
     "decompose",
+    "from_pretrained",
     "load",
 ]

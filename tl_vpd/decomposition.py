@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import tl_vpd.analysis as analysis
-from tl_vpd import identity, io, load_checks
+from tl_vpd import identity, io, load_checks, sharing
 from tl_vpd._typing import Float, Num
 from tl_vpd._version import __version__
 from tl_vpd.backends import Backend, get_backend
@@ -323,15 +323,8 @@ class Decomposition(nn.Module):
 
     # ------------------------------------------------------------- persistence (format: tl_vpd.io)
     def save(self, path: str | Path) -> Path:
-        """Save to the directory ``path`` (safetensors + JSON, see :mod:`tl_vpd.io`); reload with
-        :meth:`load` / :func:`tl_vpd.load`.
-
-        Returns:
-            ``path``.
-
-        Raises:
-            ValueError: ``self.config`` disagrees with ``self.spec`` (it would not load).
-        """
+        """Save to the directory ``path`` (format: :mod:`tl_vpd.io`), return it; reload with
+        :meth:`load`. ``ValueError`` if ``self.config`` disagrees with ``self.spec``."""
         comps = self.components
         if self.config is not None:
             load_checks.check_savable(self.config, self.spec,
@@ -351,10 +344,8 @@ class Decomposition(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module) -> Decomposition:
-        """Restore a decomposition saved with :meth:`save` onto its target ``model``.
-
-        Every file is checked before anything is built (:mod:`tl_vpd.load_checks`), so an error
-        leaves nothing half-loaded.
+        """Restore a decomposition saved with :meth:`save` onto its target ``model``; every file
+        is checked first (:mod:`tl_vpd.load_checks`), so an error leaves nothing half-loaded.
 
         Raises:
             FileNotFoundError: ``path`` is not a saved decomposition, or lacks one of its files.
@@ -371,6 +362,19 @@ class Decomposition(nn.Module):
                 dec.components[name].V.copy_(V)
         dec.ci_fn.load_state_dict(contents.ci_state)
         return dec
+
+    def save_pretrained(self, path: str | Path, **kwargs) -> Path:
+        """Save in the Hub layout (+ README.md, target.json): :func:`tl_vpd.sharing.save_pretrained`."""
+        return sharing.save_pretrained(self, path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload to a Hub repository: :func:`tl_vpd.sharing.push_to_hub`."""
+        return sharing.push_to_hub(self, repo_id, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, model: nn.Module | None = None, **kwargs):
+        """Load from a directory or Hub repository: :func:`tl_vpd.sharing.from_pretrained`."""
+        return sharing.load_as(cls, name_or_path, model, **kwargs)
 
     # ------------------------------------------------------------- display
     def __repr__(self) -> str:
