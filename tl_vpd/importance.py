@@ -170,16 +170,24 @@ class GlobalMLP(CausalImportance):
         return dict(zip(self.site_names, z.split([C for _, C in self.site_dims.values()], -1)))
 
 
+class _RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in its weight's dtype: under bf16 autocast the input arrives in bf16, and
+    mixed dtypes make torch skip its fused kernel (with a warning on every call)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
 class _Block(nn.Module):
     """Pre-norm bidirectional transformer block with rotary positions."""
 
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
         self.n_heads = n_heads
-        self.norm1 = nn.RMSNorm(d_model)
+        self.norm1 = _RMSNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self.norm2 = nn.RMSNorm(d_model)
+        self.norm2 = _RMSNorm(d_model)
         self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
     def forward(self, z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -212,7 +220,7 @@ class GlobalTransformer(CausalImportance):
         self.d_head = d_model // n_heads
         self.inp = nn.Linear(d_total, d_model)
         self.blocks = nn.ModuleList(_Block(d_model, n_heads) for _ in range(n_layers))
-        self.norm = nn.RMSNorm(d_model)
+        self.norm = _RMSNorm(d_model)
         self.head = nn.Linear(d_model, sum(C for _, C in site_dims.values()))
 
     def forward(self, inputs, inner_acts):
