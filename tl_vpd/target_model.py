@@ -23,6 +23,8 @@ from torch import nn
 
 __all__ = [
     "HAS_HOOKED_TRANSFORMER",
+    "HookedTransformer",
+    "TargetConfig",
     "build_model",
     "hooked_to_native",
     "load_weights",
@@ -30,12 +32,23 @@ __all__ = [
     "native_to_hooked",
 ]
 
-try:  # TransformerLens 4 raises ImportError for the removed class
+try:  # TransformerLens 4 raises ImportError for the removed classes
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     HAS_HOOKED_TRANSFORMER = True
+    TargetConfig = HookedTransformerConfig
 except ImportError:
-    HookedTransformer = HookedTransformerConfig = None
+    from transformer_lens import TransformerBridgeConfig as TargetConfig
     HAS_HOOKED_TRANSFORMER = False
+    HookedTransformerConfig = None
+
+    class HookedTransformer:  # noqa: D101 - stands in for the class TransformerLens 4 removed
+        """Placeholder on TransformerLens 4: every use says why it is missing."""
+
+        @classmethod
+        def from_pretrained_no_processing(cls, name: str, **kwargs):
+            raise ImportError(f"loading {name!r} needs HookedTransformer, which TransformerLens 4 "
+                              "removed: use TransformerBridge.boot_transformers, or install "
+                              "transformer-lens>=3.9,<4")
 
 # HookedTransformer buffers the native model recomputes from its config.
 _HOOKED_BUFFERS = (".mask", ".IGNORE", ".rotary_sin", ".rotary_cos")
@@ -46,12 +59,7 @@ def model_config(**fields):
     ``fields``; ``seed`` is set after construction, since passing it to HookedTransformerConfig
     reseeds the global RNGs."""
     seed = fields.pop("seed", None)
-    if HAS_HOOKED_TRANSFORMER:
-        cfg = HookedTransformerConfig(**fields)
-    else:
-        from transformer_lens import TransformerBridgeConfig
-
-        cfg = TransformerBridgeConfig(**fields)
+    cfg = TargetConfig(**fields)
     cfg.seed = seed
     return cfg
 
