@@ -250,6 +250,18 @@ def test_analysis_entry_points_run(llama):
     assert g.nodes[-1].kind == "output" and g.edges
 
 
+def test_views(llama):
+    pytest.importorskip("circuitsvis")
+    from tl_vpd import vis
+
+    _, dec = llama
+    toks = bridge_tokens(4, 12)
+    assert "<" in vis.attention_view(dec, toks[0], 1, "blocks.1.attn.W_Q:0").html()
+    assert "<" in vis.ci_view(dec, toks[0], "blocks.0.mlp.W_in", [0, 1]).html()
+    h = dec.harvest(toks, sites=["blocks.0.mlp.W_in"], progress=False)
+    assert "<" in vis.top_samples_view(h, "blocks.0.mlp.W_in").html()
+
+
 def test_attribution_embedding_edge_is_the_activation():
     """Without norms a layer-0 query subcomponent is linear in the embeddings (token plus
     position), so its edge from the embedding node is its activation itself."""

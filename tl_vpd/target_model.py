@@ -111,28 +111,25 @@ def _weight_rules(cfg, order: torch.Tensor):
     def qk_w_back(t, idx, h):
         return einops.rearrange(t, "(h d) i -> h i d", h=h)[..., idx]
 
-    def rule(native, fwd, back):
-        return native, fwd, back
-
     heads, kv = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads
     ident = torch.arange(cfg.d_head)
     out = {}
     for ht, nat, idx, h in (("W_Q", "q", order, heads), ("W_K", "k", order, kv),
                             ("W_V", "v", ident, kv)):
         back_idx = inverse if idx is order else ident
-        out[f"attn.{ht}"] = rule(f"attn.{nat}.weight", lambda t, i=idx: qk_w(t, i),
+        out[f"attn.{ht}"] = (f"attn.{nat}.weight", lambda t, i=idx: qk_w(t, i),
                                  lambda t, i=back_idx, h=h: qk_w_back(t, i, h))
-        out[f"attn.b{ht[1:]}"] = rule(f"attn.{nat}.bias", lambda t, i=idx: t[..., i].flatten(),
+        out[f"attn.b{ht[1:]}"] = (f"attn.{nat}.bias", lambda t, i=idx: t[..., i].flatten(),
                                       lambda t, i=back_idx, h=h: t.view(h, -1)[..., i])
-    out["attn.W_O"] = rule("attn.o.weight", lambda t: einops.rearrange(t, "h d o -> o (h d)"),
+    out["attn.W_O"] = ("attn.o.weight", lambda t: einops.rearrange(t, "h d o -> o (h d)"),
                            lambda t: einops.rearrange(t, "o (h d) -> h d o", h=heads))
-    out["attn.b_O"] = rule("attn.o.bias", lambda t: t, lambda t: t)
+    out["attn.b_O"] = ("attn.o.bias", lambda t: t, lambda t: t)
     for ht, nat in (("W_in", "in"), ("W_out", "out"), ("W_gate", "gate")):
-        out[f"mlp.{ht}"] = rule(f"mlp.{nat}.weight", lambda t: t.T, lambda t: t.T)
-        out[f"mlp.b{ht[1:]}"] = rule(f"mlp.{nat}.bias", lambda t: t, lambda t: t)
+        out[f"mlp.{ht}"] = (f"mlp.{nat}.weight", lambda t: t.T, lambda t: t.T)
+        out[f"mlp.b{ht[1:]}"] = (f"mlp.{nat}.bias", lambda t: t, lambda t: t)
     for ln in ("ln1", "ln2"):
-        out[f"{ln}.w"] = rule(f"{ln}.weight", lambda t: t, lambda t: t)
-        out[f"{ln}.b"] = rule(f"{ln}.bias", lambda t: t, lambda t: t)
+        out[f"{ln}.w"] = (f"{ln}.weight", lambda t: t, lambda t: t)
+        out[f"{ln}.b"] = (f"{ln}.bias", lambda t: t, lambda t: t)
     return out
 
 
