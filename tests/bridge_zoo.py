@@ -103,3 +103,24 @@ def make_bridge(family: str, compat: bool = False, seed: int = 0) -> Transformer
 
 def tokens(batch: int = 2, seq: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, D_VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+_TWIN_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
+                "normalization_type", "positional_embedding_type", "rotary_dim", "rotary_base",
+                "attn_only", "final_rms", "gated_mlp", "n_key_value_heads", "eps")
+
+
+def native_twin(hooked) -> TransformerBridge:
+    """A ``boot_native`` bridge computing what the HookedTransformer ``hooked`` computes, from
+    its weights (TL 3.9, where both exist)."""
+    from tl_vpd.target_model import hooked_to_native
+
+    fields = {f: getattr(hooked.cfg, f) for f in _TWIN_FIELDS}
+    if hooked.cfg.attn_only:
+        fields["d_mlp"] = None
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(**fields))
+    model.load_state_dict(hooked_to_native(hooked.state_dict(), model.cfg))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
+
+if not HAS_HOOKED_TRANSFORMER:  # every module importing this is skipped on TL 4, with the reason
+    pytest.skip("builds HookedTransformers (TransformerLens < 4 only)", allow_module_level=True)
+
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 BASE = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=50,
             seed=0, initializer_range=0.2)

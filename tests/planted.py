@@ -14,6 +14,11 @@ import pytest
 import torch
 
 import tl_vpd
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
+
+if not HAS_HOOKED_TRANSFORMER:  # every module importing this is skipped on TL 4, with the reason
+    pytest.skip("the planted target is a HookedTransformer (TransformerLens < 4 only)",
+                allow_module_level=True)
 
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "big", "red", "sun", "sky",
          "one", "two", "old", "new", "car", "bus", "map", "pen", "cup", "hat", "box", "egg"]

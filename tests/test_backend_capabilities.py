@@ -10,24 +10,19 @@ import tl_vpd
 from tl_vpd import analysis as A
 from tl_vpd.backends import BridgeBackend, HookedTransformerBackend, HookPointBackend
 from tl_vpd.toy_models import TMS
-from bridge_zoo import make_bridge, tokens as bridge_tokens
 from model_zoo import make_model, tokens as zoo_tokens
 
 FLAGS = ("supports_edit", "supports_hooked_view", "supports_attribution")
 
 
 def test_flags():
-    assert all(getattr(HookedTransformerBackend, f) for f in FLAGS)
-    for cls in (BridgeBackend, HookPointBackend):
-        assert not any(getattr(cls, f) for f in FLAGS), cls.__name__
+    for cls in (HookedTransformerBackend, BridgeBackend):  # tests/test_analysis_bridge.py
+        assert all(getattr(cls, f) for f in FLAGS), cls.__name__
+    assert not any(getattr(HookPointBackend, f) for f in FLAGS)
 
 
-@pytest.mark.parametrize("which", ["bridge", "toy"])
-def test_unsupported_tools_raise_naming_the_backend(which):
-    if which == "bridge":
-        model, toks = make_bridge("native_gpt2"), bridge_tokens()
-    else:
-        model, toks = TMS(5, 2, seed=0), torch.zeros(2, 5, dtype=torch.long)  # never run
+def test_unsupported_tools_raise_naming_the_backend():
+    model, toks = TMS(5, 2, seed=0), torch.zeros(2, 5, dtype=torch.long)  # never run
     dec = tl_vpd.Decomposition.from_model(model, C=4)
     name = dec.backend.name
     site = dec.sites[0]

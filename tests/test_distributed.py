@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
@@ -22,6 +24,8 @@ def run(out: Path, adversary: str, nproc: int) -> None:
     subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
 
 
+@pytest.mark.skipif(not HAS_HOOKED_TRANSFORMER, reason="the worker decomposes a model_zoo "
+                    "HookedTransformer (TransformerLens < 4)")
 @pytest.mark.parametrize("adversary", ["persistent", "fresh"])
 def test_two_processes_equal_one(tmp_path, adversary):
     run(tmp_path / "single", adversary, 1)

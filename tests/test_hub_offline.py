@@ -15,6 +15,7 @@ import pytest
 
 from tl_vpd.data.corpus import load_from_hub, load_hf_dataset_texts, local_path
 from tl_vpd.target import load_pretrained
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -111,6 +112,8 @@ def test_offline_dataset_in_the_cache_is_loaded(offline, no_network, monkeypatch
     assert not no_network
 
 
+@pytest.mark.skipif(not HAS_HOOKED_TRANSFORMER, reason="load_pretrained needs HookedTransformer "
+                    "(TransformerLens < 4)")
 @pytest.mark.filterwarnings("ignore:HookedTransformer.from_pretrained is deprecated")
 def test_offline_model_not_cached_fails_at_once(offline, no_network):
     start = time.monotonic()

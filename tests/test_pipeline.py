@@ -64,9 +64,11 @@ def test_unfinished_decomposition_and_a_missing_target(tmp_path):
 def test_an_interrupted_target_is_trained_again(tmp_path, monkeypatch):
     """After Ctrl-C (or a kill) during target training, re-running the stage used to report
     "target found" (a half-trained model) or die with FileExistsError; it now retrains."""
-    from transformer_lens import HookedTransformer
-
     from tl_vpd.pipeline import train_target_stage
+    from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER, HookedTransformer
+
+    if not HAS_HOOKED_TRANSFORMER:  # TL 4: the target is a native TransformerBridge
+        from transformer_lens.model_bridge import TransformerBridge as HookedTransformer
 
     cfg = tmp_path / "target.yaml"
     cfg.write_text(yaml.safe_dump(TINY_TARGET))

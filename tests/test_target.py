@@ -5,11 +5,17 @@ import socket
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 
-from tl_vpd.data import default_corpus
-from tl_vpd.interrupts import TrainingInterrupted
-from tl_vpd.target import (
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
+
+if not HAS_HOOKED_TRANSFORMER:  # TL 4: tests/test_target_model.py trains the bridge target
+    pytest.skip("patches HookedTransformer (TransformerLens < 4 only)", allow_module_level=True)
+
+from transformer_lens import HookedTransformer  # noqa: E402
+
+from tl_vpd.data import default_corpus  # noqa: E402
+from tl_vpd.interrupts import TrainingInterrupted  # noqa: E402
+from tl_vpd.target import (  # noqa: E402
     TargetRun,
     _lr_factor,
     load_pretrained,

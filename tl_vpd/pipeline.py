@@ -18,7 +18,7 @@ import inspect
 from importlib import resources
 from pathlib import Path
 
-from transformer_lens import HookedTransformer
+from torch import nn
 
 from tl_vpd.config import VPDConfig
 from tl_vpd.yaml_io import read_yaml, write_yaml
@@ -117,7 +117,7 @@ def read_target_config(path: str | Path) -> dict:
 
 # ------------------------------------------------------------------------------ stages
 def train_target_stage(out: Path, config: Path, steps: int | None = None, progress: bool = True
-                       ) -> tuple[HookedTransformer, LMCorpus, list[dict], bool]:
+                       ) -> tuple[nn.Module, LMCorpus, list[dict], bool]:
     """Train the target on the default corpus into ``out/target``.
 
     A target already in ``out/target`` with the same stage config is loaded instead; an
@@ -160,7 +160,7 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
     return run.model, corpus, run.curve, True
 
 
-def load_target_stage(target_dir: Path) -> tuple[HookedTransformer, LMCorpus, list[dict]]:
+def load_target_stage(target_dir: Path) -> tuple[nn.Module, LMCorpus, list[dict]]:
     """``(model, corpus, curve)`` of a target trained by :func:`train_target_stage`.
 
     The corpus is rebuilt from the saved stage config (cached next to the target) and checked
@@ -179,7 +179,7 @@ def load_target_stage(target_dir: Path) -> tuple[HookedTransformer, LMCorpus, li
     return model, corpus, curve
 
 
-def decompose_stage(model: HookedTransformer, corpus: LMCorpus, out: Path, config: Path,
+def decompose_stage(model: nn.Module, corpus: LMCorpus, out: Path, config: Path,
                     resume: bool = False, progress: bool = True) -> tuple[Decomposition, bool]:
     """Decompose ``model`` on ``corpus.train`` into ``out/decomp``.
 
@@ -220,7 +220,7 @@ def unfinished_decomposition(out: Path) -> bool:
     return (run_dir / CHECKPOINT_DIR).is_dir() and not (run_dir / DECOMPOSITION_DIR).is_dir()
 
 
-def evaluate_stage(model: HookedTransformer, corpus: LMCorpus, curve: list[dict], out: Path,
+def evaluate_stage(model: nn.Module, corpus: LMCorpus, curve: list[dict], out: Path,
                    progress: bool = True, **eval_kw) -> EvalReport:
     """Evaluate ``out/decomp/decomposition`` on ``corpus.val``; writes ``out/eval.json``.
 

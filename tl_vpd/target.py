@@ -1,4 +1,6 @@
-"""The target model: a small LLaMA-style HookedTransformer trained from scratch, saved and reloaded.
+"""The target model: a small LLaMA-style HookedTransformer trained from scratch, saved and reloaded
+(on TransformerLens 4, which has no HookedTransformer, a native TransformerBridge of the same
+architecture: :mod:`tl_vpd.target_model`).
 
 The VPD paper decomposes a 4-layer LLaMA-style model; this is the same architecture scaled down
 so it trains on 2 CPU cores: RMSNorm, rotary embeddings, a non-gated GELU MLP. A run directory
@@ -21,8 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
+from torch import nn
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_vpd import atomic
 from tl_vpd._typing import Int
@@ -42,6 +44,7 @@ from tl_vpd.schedules import lr_schedule
 from tl_vpd.target_checkpoint import restore as _restore
 from tl_vpd.target_checkpoint import save_model as _save_model
 from tl_vpd.target_checkpoint import save_state as _save_state
+from tl_vpd.target_model import HookedTransformer, TargetConfig, build_model, load_weights, model_config
 
 __all__ = [
     "CONFIG_FILE",
@@ -68,7 +71,7 @@ def target_config(
     d_mlp: int | None = None,
     n_ctx: int = 128,
     seed: int = 0,
-) -> HookedTransformerConfig:
+) -> TargetConfig:
     """Config of a LLaMA-style target: RMSNorm, rotary embeddings, non-gated GELU MLP.
 
     Arguments:
@@ -81,12 +84,14 @@ def target_config(
         seed: Seed of the weight initialisation (``cfg.seed``).
 
     Returns:
-        The ``HookedTransformerConfig``.
+        The ``HookedTransformerConfig`` (a ``TransformerBridgeConfig`` on TransformerLens 4).
     """
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
     d_head = d_model // n_heads
-    cfg = HookedTransformerConfig(
+    # seed is set after construction (model_config): passing seed= makes HookedTransformerConfig
+    # reseed the global RNGs as a side effect. The model still initialises from cfg.seed.
+    return model_config(
         n_layers=n_layers,
         d_model=d_model,
         n_ctx=n_ctx,
@@ -102,14 +107,11 @@ def target_config(
         rotary_dim=d_head,
         default_prepend_bos=False,
         tokenizer_name=None,
+        seed=seed,
     )
-    # Set after construction: passing seed= makes HookedTransformerConfig reseed the global RNGs
-    # as a side effect. HookedTransformer still uses cfg.seed when it initialises weights.
-    cfg.seed = seed
-    return cfg
 
 
-def _config_args(cfg: HookedTransformerConfig) -> dict[str, int]:
+def _config_args(cfg: TargetConfig) -> dict[str, int]:
     """The target_config arguments that rebuild ``cfg``; raises if ``cfg`` is not of that form."""
     args = {name: getattr(cfg, name) for name in _CONFIG_ARGS}
     rebuilt = target_config(**args).to_dict()
@@ -132,7 +134,7 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, final_fraction: f
 
 
 @torch.no_grad()
-def _mean_ce(model: HookedTransformer, batches: list[torch.Tensor]) -> float:
+def _mean_ce(model: nn.Module, batches: list[torch.Tensor]) -> float:
     """Mean next-token cross-entropy over all predicted positions of ``batches``."""
     total, count = 0.0, 0
     for batch in batches:
@@ -150,7 +152,7 @@ def _write_json(obj: object, path: Path) -> None:
 class TargetRun:
     """A trained target model, its validation curve and where it was saved."""
 
-    model: HookedTransformer
+    model: nn.Module
     curve: list[dict]
     run_dir: Path | None = None
 
@@ -168,7 +170,7 @@ class TargetRun:
 
 
 def train_target(
-    cfg: HookedTransformerConfig,
+    cfg: TargetConfig,
     train_tokens: Int[torch.Tensor, "n_train seq"],
     val_tokens: Int[torch.Tensor, "n_val seq"],
     *,
@@ -256,7 +258,7 @@ def train_target(
             save_tokenizer(tokenizer, run_path / TOKENIZER_FILE)
 
     torch.manual_seed(seed)
-    model = HookedTransformer(cfg)
+    model = build_model(cfg)
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -323,7 +325,7 @@ def train_target(
     return TargetRun(model=model, curve=curve, run_dir=run_path)
 
 
-def load_target(run_dir: str | Path) -> tuple[HookedTransformer, Tokenizer | None, list[dict]]:
+def load_target(run_dir: str | Path) -> tuple[nn.Module, Tokenizer | None, list[dict]]:
     """Rebuild a target saved by :func:`train_target`.
 
     Arguments:
@@ -346,8 +348,9 @@ def load_target(run_dir: str | Path) -> tuple[HookedTransformer, Tokenizer | Non
         raise ValueError(
             f"{run_path / CONFIG_FILE} has unknown keys {unknown}; expected {list(_CONFIG_ARGS)}."
         )
-    model = HookedTransformer(target_config(**args))
-    model.load_state_dict(load_file(str(run_path / MODEL_FILE), device=str(model.cfg.device)))
+    model = build_model(target_config(**args))
+    # Either TransformerLens's layout: a target trained on one version loads on the other.
+    load_weights(model, load_file(str(run_path / MODEL_FILE), device=str(model.cfg.device)))
     tokenizer = load_tokenizer(run_path) if (run_path / TOKENIZER_FILE).is_file() else None
     curve = json.loads((run_path / CURVE_FILE).read_text()) if (run_path / CURVE_FILE).is_file() else []
     return model, tokenizer, curve

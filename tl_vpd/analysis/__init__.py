@@ -11,7 +11,7 @@ module              what
                     :func:`ablation_masks` (every ablation's masks), :func:`ablation_effect`
 ``qk``              static Q·K interactions of query and key subcomponents, with rotary
 ``finders``         the previous-token and syntax-boundary finders
-``edit``            :func:`edit` (``dec.edit``): a new HookedTransformer without chosen
+``edit``            :func:`edit` (``dec.edit``): a copy of the target without chosen
                     subcomponents
 ``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``

@@ -44,7 +44,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- patterns
 def _model(dec_or_model):
-    """The HookedTransformer of a decomposition, or the model itself."""
+    """The target model of a decomposition, or the model itself."""
     return dec_or_model if hasattr(dec_or_model, "blocks") else dec_or_model.model
 
 
@@ -57,7 +57,8 @@ def attention_patterns(
 ) -> dict[int, Float[torch.Tensor, "batch head q k"]]:
     """Every layer's attention pattern, optionally under masks (``dec.masked``).
 
-    ``dec`` may also be a plain ``HookedTransformer`` (then ``masks`` must be ``None``).
+    ``dec`` may also be a plain model (``HookedTransformer`` or ``TransformerBridge``; then
+    ``masks`` must be ``None``).
     """
     model = _model(dec)
     ctx = dec.masked(masks, delta_masks) if masks else contextlib.nullcontext()

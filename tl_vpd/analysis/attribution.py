@@ -140,7 +140,7 @@ def attribution_graph(
     """The attribution graph of one prompt towards one target logit.
 
     Arguments:
-        dec: the decomposition (of a ``HookedTransformer``).
+        dec: the decomposition (of a ``HookedTransformer`` or a ``TransformerBridge``).
         tokens: the prompt, ``[pos]`` or ``[1, pos]``.
         target: token id whose logit at ``position`` is the output node (default: the target
             model's top prediction there).
@@ -151,8 +151,9 @@ def attribution_graph(
         progress: a ``tqdm.auto`` bar over the backward passes (one per node).
     """
     if not dec.backend.supports_attribution:
-        raise NotImplementedError(f"attribution graphs need a HookedTransformer target; this "
-                                  f"decomposition's backend is {dec.backend.name!r}")
+        raise NotImplementedError(f"attribution graphs need a language-model backend with "
+                                  f"embedding points; this decomposition's backend is "
+                                  f"{dec.backend.name!r}")
     tokens = tokens[None] if tokens.dim() == 1 else tokens
     if tokens.shape[0] != 1:
         raise ValueError(f"attribution_graph takes one prompt, got a batch of {tokens.shape[0]}")
@@ -181,14 +182,18 @@ def attribution_graph(
         bias = 0.0 if comp.bias is None else comp.bias
         return (leaf @ comp.U.detach().T + delta + bias).to(out.dtype)
 
-    def embed_leaf(e, hook):
+    def embed_leaf(module, args, e):
         leaf = e.detach().requires_grad_(True)
         embeds.append(leaf)
         return leaf
 
-    embed_hooks = [(n, embed_leaf) for n in ("hook_embed", "hook_pos_embed") if n in model.hook_dict]
-    with torch.enable_grad(), dec.backend.hooks(model, sites, swap), model.hooks(fwd_hooks=embed_hooks):
-        out = model(tokens)
+    handles = [p.register_forward_hook(embed_leaf) for p in dec.backend.embedding_points(model)]
+    try:
+        with torch.enable_grad(), dec.backend.hooks(model, sites, swap):
+            out = model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
     alive = {s: (ci[s] > ci_threshold).nonzero().tolist() for s in dec.sites}
     nodes = [Node("embed", t, token=tok_strs[t]) for t in range(T)]
     index = {}

@@ -1,10 +1,10 @@
-"""Model editing: a new HookedTransformer with chosen subcomponents removed or rescaled.
+"""Model editing: a copy of the target with chosen subcomponents removed or rescaled.
 
 ``edit(dec, {site: {c: alpha}})`` writes ``W' = W − Σ_c (1 − α_c) u_c v_cᵀ`` into a deep copy of
 the target, so subcomponent ``c`` contributes ``α_c u_c v_cᵀ`` (0 removes it, 1 keeps it, 2
-doubles it) in *every* token's forward pass. The result is a plain ``HookedTransformer``: caching,
-hooks, generation and every other TransformerLens tool work on it unchanged, and the decomposition
-is not involved any more.
+doubles it) in *every* token's forward pass. The result is a plain model of the target's class
+(``HookedTransformer`` or ``TransformerBridge``): caching, hooks, generation and every other
+TransformerLens tool work on it unchanged, and the decomposition is not involved any more.
 
 It equals running the decomposition with that subcomponent's mask at ``α`` on every token, all
 other masks 1 and Δ on (``U diag(m) V + Δ = W − (1 − α) u_c v_cᵀ``).
@@ -46,7 +46,7 @@ def edit(dec: Decomposition, edits: Selection) -> nn.Module:
 
     Arguments:
         dec: the decomposition (of a model whose backend can write weights: a
-            ``HookedTransformer``).
+            ``HookedTransformer`` or a ``TransformerBridge``).
         edits: ``{site: {c: alpha}}`` (``alpha`` = 0 removes, 1 keeps), or any selection
             :func:`~tl_vpd.analysis.selection.parse_selection` accepts
             (``"blocks.1.attn.W_Q:3"``, ``{site: [c, ...]}``), which removes.
@@ -55,9 +55,8 @@ def edit(dec: Decomposition, edits: Selection) -> nn.Module:
         The edited model; ``dec.model`` is untouched.
     """
     if not dec.backend.supports_edit:
-        raise NotImplementedError(f"edit supports targets whose backend can write weights "
-                                  f"(HookedTransformer); this decomposition's backend is "
-                                  f"{dec.backend.name!r}")
+        raise NotImplementedError(f"edit supports targets whose backend can write weights; "
+                                  f"this decomposition's backend is {dec.backend.name!r}")
     deltas = edit_delta(dec, edits)
     model = copy.deepcopy(dec.model)
     for site, d in deltas.items():

@@ -48,7 +48,7 @@ class VPDHookedModel(HookedRootModule):
     """The target run through the decomposition's weight swap, with CI/mask hook points.
 
     Arguments:
-        dec: the decomposition (of a ``HookedTransformer``).
+        dec: the decomposition (of a ``HookedTransformer`` or a ``TransformerBridge``).
         mask: ``"ones"`` (default: the target exactly, until a hook changes a mask) or ``"ci"``
             (each site runs with its causal importances as masks).
     """
@@ -67,9 +67,11 @@ class VPDHookedModel(HookedRootModule):
                 hp.name = f"{site}.{kind}"
                 points[hp.name] = hp
         object.__setattr__(self, "vpd_hook_points", points)
-        # Not setup(): it would rename the model's own hook points with a "model." prefix.
-        self.mod_dict = {**dec.model.mod_dict, **points}
-        self.hook_dict = {**dec.model.hook_dict, **points}
+        # Not setup(): it would rename the model's own hook points with a "model." prefix. A
+        # TransformerBridge of TL 3.9 has no mod_dict; its hook_dict (aliases included) serves.
+        own = dec.model.hook_dict
+        self.mod_dict = {**getattr(dec.model, "mod_dict", own), **points}
+        self.hook_dict = {**own, **points}
         self._pending_ci: dict[str, torch.Tensor] | None = None
 
     def __getattr__(self, name: str):
@@ -125,8 +127,8 @@ class VPDHookedModel(HookedRootModule):
 def hooked(dec: Decomposition, mask: str = "ones") -> VPDHookedModel:
     """Wrap ``dec.model`` with ``{site}.hook_ci``/``hook_mask``/``hook_delta_mask`` hook points."""
     if not dec.backend.supports_hooked_view:
-        raise NotImplementedError(f"hooked() wraps HookedTransformer targets; this decomposition's "
-                                  f"backend is {dec.backend.name!r}")
+        raise NotImplementedError(f"hooked() wraps targets with TransformerLens hook points; this "
+                                  f"decomposition's backend is {dec.backend.name!r}")
     return VPDHookedModel(dec, mask)
 
 

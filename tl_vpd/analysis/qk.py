@@ -84,15 +84,14 @@ def qk_interactions(dec: Decomposition, layer: int, *, offsets: Sequence[int] | 
         data: tokens to estimate each subcomponent's sign from (mean activation where it fires).
         signs: ``(s_q [C_q], s_k [C_k])`` given directly instead.
 
-    The rotation is the model's own ``apply_rotary`` (TransformerLens convention: pairing,
-    ``rotary_dim``, base): the query block is rotated to position ``τ``, the key block to 0, so
+    The rotation is the model's own (its backend's ``apply_rotary``: the model's pairing,
+    ``rotary_dim`` and base): the query block is rotated to position ``τ``, the key block to 0, so
     ``q̃·k̃ = qᵀ R(t_k − t_q) k`` as in the forward pass. Grouped-query keys are shared by their
     query heads.
     """
     qs, ks = f"blocks.{layer}.attn.W_Q", f"blocks.{layer}.attn.W_K"
     cq, ck = dec.components[dec.site(qs).name], dec.components[dec.site(ks).name]
     model = dec.model
-    attn = model.blocks[layer].attn
     H, Hk = dec.site(qs).n_heads, dec.site(ks).n_heads
     if offsets is None:
         offsets = range(min(model.cfg.n_ctx, 32))
@@ -103,7 +102,7 @@ def qk_interactions(dec: Decomposition, layer: int, *, offsets: Sequence[int] | 
         h = harvest(dec, data, sites=[qs, ks], top_k=1, progress=False)
         signs = (h.sign[qs], h.sign[ks])
     sq, sk = (torch.ones(cq.C), torch.ones(ck.C)) if signs is None else map(torch.as_tensor, signs)
-    dtype = attn.W_Q.dtype
+    dtype = dec.target_weight(qs).dtype
     uq = (cq.U * (cq.V.norm(dim=1) * sq.to(cq.U))).to(dtype).view(H, -1, cq.C)  # [H, d_head, C_q]
     uk = (ck.U * (ck.V.norm(dim=1) * sk.to(ck.U))).to(dtype).view(Hk, -1, ck.C)
     uk = uk.repeat_interleave(H // Hk, dim=0)
@@ -111,8 +110,8 @@ def qk_interactions(dec: Decomposition, layer: int, *, offsets: Sequence[int] | 
     if rotary:
         T = max(offsets) + 1
         xq = uq.permute(2, 0, 1)[:, None].expand(cq.C, T, H, -1).contiguous()  # [C_q, pos, H, d]
-        rq = attn.apply_rotary(xq)[:, offsets]
-        rk = attn.apply_rotary(uk.permute(2, 0, 1)[:, None].contiguous())[:, 0]  # position 0
+        rq = dec.backend.apply_rotary(model, layer, xq)[:, offsets]
+        rk = dec.backend.apply_rotary(model, layer, uk.permute(2, 0, 1)[:, None].contiguous())[:, 0]
         values = torch.einsum("qthd,khd->qkht", rq, rk)
     else:
         values = torch.einsum("hdq,hdk->qkh", uq, uk)[..., None].expand(-1, -1, -1, len(offsets))

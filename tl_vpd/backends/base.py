@@ -39,10 +39,10 @@ class Backend(ABC):
     # flag and raises NotImplementedError naming the backend where it is False.
     #: :meth:`add_to_weight` writes into the model's parameters (``analysis.edit``)
     supports_edit: bool = False
-    #: the model is a ``HookedRootModule`` whose hook points a ``VPDHookedModel`` can extend
-    #: (``analysis.hooked``)
+    #: the model has TransformerLens hook points (``hook_dict``, ``run_with_cache``) that a
+    #: ``VPDHookedModel`` can extend (``analysis.hooked``)
     supports_hooked_view: bool = False
-    #: token/position embeddings at ``hook_embed``/``hook_pos_embed`` and per-token sites, as
+    #: :meth:`embedding_points` gives the token/position embeddings and sites are per token, as
     #: attribution graphs need (``analysis.attribution_graph``)
     supports_attribution: bool = False
 
@@ -68,6 +68,19 @@ class Backend(ABC):
         site was found in. Backends without it (``supports_edit`` False) raise.
         """
         raise NotImplementedError(f"the {self.name} backend cannot write weights into its models")
+
+    def embedding_points(self, model: nn.Module) -> list[nn.Module]:
+        """The modules whose outputs are the embeddings the residual stream starts from (token,
+        and learned positions where the model has them); a forward hook returning a tensor
+        replaces that embedding. Backends without it (``supports_attribution`` False) raise."""
+        raise NotImplementedError(f"the {self.name} backend does not expose its embeddings")
+
+    def apply_rotary(self, model: nn.Module, layer: int,
+                     x: Float[torch.Tensor, "batch pos head d_head"]
+                     ) -> Float[torch.Tensor, "batch pos head d_head"]:
+        """Rotate per-head queries/keys ``x`` at positions ``0..pos-1`` as layer ``layer``'s
+        attention does (its pairing, ``rotary_dim`` and base), for the static Q·K interactions."""
+        raise NotImplementedError(f"the {self.name} backend cannot apply its models' rotary")
 
     @contextlib.contextmanager
     def hooks(self, model: nn.Module, sites: Sequence[Site], fn: SiteFn) -> Iterator[HookSession]:

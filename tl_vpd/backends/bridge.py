@@ -29,6 +29,12 @@ TL-level shape conversion. Facts this relies on (read from the TransformerLens s
 * ``use_attn_result`` skips ``o.hook_out`` and ``use_split_qkv_input`` / ``use_attn_in`` skip
   ``q/k/v.hook_in``: refused, and the per-forward exactly-once check catches anything similar.
 
+Analysis (``tl_vpd.analysis``): weights are written through the sites' own views of them (the
+tensors the forward multiplies by, see above), so an edit lands where a mask would act; the
+embeddings are ``embed.hook_out`` / ``pos_embed.hook_out``; rotary is the model's own, read from
+its native rotary module or from the cos/sin tables its attention receives (``hook_cos`` /
+``hook_sin``, Hugging Face's half-split pairing).
+
 Only the attention and MLP bridge classes listed in ``_ATTENTION`` / ``_MLP`` are accepted: their
 forwards were verified to run each projection exactly as ``x @ W.T + b``. Another class raises
 with its name rather than risk a swap that is silently wrong.
@@ -39,6 +45,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tl_vpd._typing import Float
 from tl_vpd.backends.base import Backend, HookSession
 from tl_vpd.sites import Site
 
@@ -74,11 +81,9 @@ def _is_bridge(model: nn.Module) -> bool:
 class BridgeBackend(Backend):
     name = "transformer_bridge"
     language_model = True
-    # Not yet: writing into the LinearBridge/Conv1D (and TL 3.9's private processed) weights,
-    # the hooked-view wrapper and attribution graphs have only been built for HookedTransformer.
-    supports_edit = False
-    supports_hooked_view = False
-    supports_attribution = False
+    supports_edit = True
+    supports_hooked_view = True
+    supports_attribution = True
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
@@ -105,6 +110,38 @@ class BridgeBackend(Backend):
                     sites.append(_site(L, "mlp", kind, _projection(mlp, sub, L),
                                        mlp if gated else None))
         return sites
+
+    # ------------------------------------------------------------------ analysis
+    def add_to_weight(self, model: nn.Module, site: Site,
+                      delta: Float[torch.Tensor, "d_out d_in"]) -> None:
+        # The site's weight is a view of the tensor the forward uses (Conv1D: transposed), so
+        # adding in place writes the model's parameter in its own layout.
+        weight = {s.name: s for s in self.find_sites(model)}[site.name].weight
+        with torch.no_grad():
+            weight.add_(delta.to(weight.dtype))
+
+    def embedding_points(self, model: nn.Module) -> list[nn.Module]:
+        return [model.hook_dict[n] for n in ("embed.hook_out", "pos_embed.hook_out")
+                if n in model.hook_dict]
+
+    def apply_rotary(self, model: nn.Module, layer: int, x: torch.Tensor) -> torch.Tensor:
+        attn = model.blocks[layer].attn
+        native = getattr(attn.original_component, "rotary", None)
+        if native is not None and hasattr(native, "apply_rope"):  # boot_native: [b, h, pos, d]
+            rotated, _ = native.apply_rope(x.transpose(1, 2), x.transpose(1, 2))
+            return rotated.transpose(1, 2)
+        names = [f"blocks.{layer}.attn.hook_cos", f"blocks.{layer}.attn.hook_sin"]
+        if not all(n in model.hook_dict for n in names):
+            raise NotImplementedError(f"blocks.{layer}: this {type(attn).__name__} has no rotary "
+                                      "tables tl_vpd can read")
+        probe = torch.zeros(1, x.shape[1], dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(probe, names_filter=names)
+        cos, sin = (cache[n][0, :, None].to(x.dtype) for n in names)  # [pos, 1, rotary_dim]
+        rd = cos.shape[-1]
+        rot, rest = x[..., :rd], x[..., rd:]
+        half = torch.cat([-rot[..., rd // 2:], rot[..., : rd // 2]], dim=-1)
+        return torch.cat([rot * cos + half * sin, rest], dim=-1)
 
     # ------------------------------------------------------------------ hooks
     def _install(self, model: nn.Module, session: HookSession) -> list:

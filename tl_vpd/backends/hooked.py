@@ -185,6 +185,12 @@ class HookedTransformerBackend(Backend):
         with torch.no_grad():
             param.add_(_param_view(delta, site.kind, n_heads).to(param.dtype))
 
+    def embedding_points(self, model: nn.Module) -> list[nn.Module]:
+        return [model.hook_embed] + ([model.hook_pos_embed] if hasattr(model, "hook_pos_embed") else [])
+
+    def apply_rotary(self, model: nn.Module, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return model.blocks[layer].attn.apply_rotary(x)
+
     # ------------------------------------------------------------------ hooks
     def _install(self, model: nn.Module, session: HookSession) -> list:
         # TL's run_with_hooks calls model.forward() directly, bypassing the root module's hooks:
