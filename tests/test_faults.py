@@ -22,6 +22,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
+
+if not HAS_HOOKED_TRANSFORMER:  # the kill/resume logic is the same on TL 4; CI time goes elsewhere
+    pytest.skip("runs the HookedTransformer target (TransformerLens < 4); the bridge target's "
+                "save/load/resume is tested in test_target_model.py", allow_module_level=True)
+
 TARGET = {
     "corpus": {"seq_len": 32, "vocab_size": 320, "max_bytes": 300_000},
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "seed": 0},
@@ -186,7 +192,6 @@ def test_killed_runs_resume_to_the_uninterrupted_result(configs, tmp_path):
         ref.result()
         second = [pool.submit(_case_decomp_signal, tmp_path, configs, reference, signal.SIGTERM),
                   pool.submit(_case_decomp_signal, tmp_path, configs, reference, signal.SIGKILL),
-                  pool.submit(_case_decomp_signal, tmp_path, configs, reference, signal.SIGINT),
                   pool.submit(_case_kill_in_checkpoint_write, tmp_path, configs, reference)]
         outs = [f.result() for f in first + second]
     for out in outs:
