@@ -21,20 +21,6 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @pytest.fixture
-def no_network(monkeypatch):
-    """Any DNS look-up or connection (the probe, or a library's request) fails the test."""
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError(f"network access: {args}")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return calls
-
-
-@pytest.fixture
 def offline(monkeypatch, tmp_path, no_network):
     """Offline mode switched on after the libraries were imported (as in a notebook), with empty
     caches."""
