@@ -33,8 +33,8 @@ def decompose(
     """Train a VPD (or SPD) decomposition of ``model``.
 
     Arguments:
-        model: a ``HookedTransformer`` (or a toy model with ``vpd_sites()``). It is frozen
-            during training and never modified.
+        model: a ``HookedTransformer``, a ``TransformerBridge`` (or a toy model with
+            ``vpd_sites()``). It is frozen during training and never modified.
         cfg: the hyperparameters (``None`` = ``VPDConfig()``; a dict is read with
             ``VPDConfig.from_dict``; presets via ``VPDConfig.preset``).
         data: token ids ``[n, seq]``, an iterable of batches, a ``datasets.Dataset``, or for toy

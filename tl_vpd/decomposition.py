@@ -306,7 +306,7 @@ class Decomposition(nn.Module):
         return analysis.harvest(self, data, **kwargs)
 
     def edit(self, edits):
-        """A new HookedTransformer with ``W − (1−α) u_c v_cᵀ``: :func:`tl_vpd.analysis.edit`."""
+        """A copy of the target (its own class) with ``W − (1−α) u_c v_cᵀ``: :func:`tl_vpd.analysis.edit`."""
         return analysis.edit(self, edits)
 
     def hooked(self, mask: str = "ones"):
