@@ -8,7 +8,6 @@ bounds were measured over seeds 0-2 (below) and set with margin: a regression in
 """
 
 import pytest
-import torch
 
 import tl_vpd
 from tl_vpd.data import default_corpus
@@ -34,15 +33,7 @@ MAX_L0_PER_ALIVE = 0.21
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def target(one_thread):
+def target():  # one torch thread, as in every test (conftest.py)
     corpus = default_corpus(seq_len=32, vocab_size=512, max_bytes=400_000)
     cfg = target_config(corpus.vocab_size, d_model=32, n_layers=2, n_heads=4, d_mlp=128, n_ctx=32)
     run = train_target(cfg, corpus.train, corpus.val, steps=200, batch_size=32, lr=5e-3,

@@ -140,30 +140,24 @@ _TOP = {"embed.W_E": ("embed.weight", False), "pos_embed.W_pos": ("pos_embed.wei
 
 def hooked_to_native(state_dict: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """A HookedTransformer state dict in the native bridge's keys and layout."""
-    rules = _weight_rules(cfg, _rotary_order(cfg))
-    out = {}
-    for key, t in state_dict.items():
-        if key.endswith(_HOOKED_BUFFERS):
-            continue
-        if key in _TOP:
-            name, transpose = _TOP[key]
-            out[name] = t.T.contiguous() if transpose else t
-            continue
-        prefix, _, rest = key.partition(".")
-        layer, _, suffix = rest.partition(".")
-        if prefix != "blocks" or suffix not in rules:
-            raise ValueError(f"cannot move weight {key!r} of a HookedTransformer to the bridge")
-        name, fwd, _ = rules[suffix]
-        out[f"blocks.{layer}.{name}"] = fwd(t).contiguous()
-    return out
+    rules = {ht: (nat, fwd) for ht, (nat, fwd, _) in _weight_rules(cfg, _rotary_order(cfg)).items()}
+    return _move(state_dict, _TOP, rules, "a HookedTransformer to the bridge", skip=_HOOKED_BUFFERS)
 
 
 def native_to_hooked(state_dict: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """The inverse of :func:`hooked_to_native` (HookedTransformer buffers not included)."""
     rules = {nat: (ht, back) for ht, (nat, _, back) in _weight_rules(cfg, _rotary_order(cfg)).items()}
     top = {nat: (ht, transpose) for ht, (nat, transpose) in _TOP.items()}
+    return _move(state_dict, top, rules, "a bridge to a HookedTransformer")
+
+
+def _move(state_dict, top, rules, what: str, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Rename (and transpose / convert) every weight: ``top`` maps whole keys to
+    ``(name, transpose)``, ``rules`` maps a block's key suffix to ``(name, convert)``."""
     out = {}
     for key, t in state_dict.items():
+        if skip and key.endswith(skip):
+            continue
         if key in top:
             name, transpose = top[key]
             out[name] = t.T.contiguous() if transpose else t
@@ -171,7 +165,7 @@ def native_to_hooked(state_dict: Mapping[str, torch.Tensor], cfg) -> dict[str, t
         prefix, _, rest = key.partition(".")
         layer, _, suffix = rest.partition(".")
         if prefix != "blocks" or suffix not in rules:
-            raise ValueError(f"cannot move weight {key!r} of a bridge to a HookedTransformer")
-        name, back = rules[suffix]
-        out[f"blocks.{layer}.{name}"] = back(t).contiguous()
+            raise ValueError(f"cannot move weight {key!r} of {what}")
+        name, convert = rules[suffix]
+        out[f"blocks.{layer}.{name}"] = convert(t).contiguous()
     return out
