@@ -28,14 +28,17 @@ def _upper(z, alpha: float):
 
 
 def _freq_fwd(z, p, eps: float, alpha: float):
-    return _upper(z, alpha).add_(eps).pow_(p).flatten(0, -2).mean(0)
+    base = _upper(z, alpha).add_(eps)  # > 0
+    powered = base.log().mul_(p).exp_()  # = base ** p; vectorised exp/log beat pow on CPU
+    return powered.flatten(0, -2).mean(0), base, powered
 
 
-def _freq_bwd(z, grad_f, p, eps: float, alpha: float):
+def _freq_bwd(z, base, powered, grad_f, p, alpha: float):
     n = z.numel() // z.shape[-1]
-    # d/dz (u + eps)^p = p (u + eps)^(p − 1) u'(z), with u' = 1 on [0, 1], α above, 0 below.
+    # d/dz (u + eps)^p = p (u + eps)^(p − 1) u'(z), with u' = 1 on [0, 1], α above, 0 below;
+    # (u + eps)^(p − 1) is the forward's (u + eps)^p / (u + eps): no second pow (a costly op).
     slope = torch.where(z > 1, alpha, (z >= 0).to(z.dtype))
-    return _upper(z, alpha).add_(eps).pow_(p - 1.0).mul_(slope).mul_(grad_f * (p / n))
+    return powered.div(base).mul_(slope).mul_(grad_f * (p / n))
 
 
 def _masks_fwd(z, r, route):
@@ -49,16 +52,16 @@ def _masks_fwd(z, r, route):
 
 
 def _masks_bwd_z(z, r, route, gm, alpha: float):
-    G = gm * (1.0 - r[..., :-1])  # dm/dg = 1 − r where routed
+    G = torch.addcmul(gm, gm, r[..., :-1], value=-1.0)  # dm/dg = 1 − r where routed
     if route is not None:
-        G = torch.where(route[..., None], G, 0.0)
+        G = G.masked_fill_(~route[..., None], 0.0)
     return lower_leaky_grad(z, G, alpha)
 
 
 def _masks_bwd_r(z, route, gm, gmd):
-    gc = gm * (1.0 - z.clamp(0.0, 1.0))  # dm/dr = 1 − g where routed
+    gc = torch.addcmul(gm, gm, z.clamp(0.0, 1.0), value=-1.0)  # dm/dr = 1 − g where routed
     if route is not None:
-        gc = torch.where(route[..., None], gc, 0.0)
+        gc = gc.masked_fill_(~route[..., None], 0.0)
         gmd = torch.where(route, gmd, 0.0)
     return torch.cat([gc, gmd[..., None]], -1)
 
@@ -77,14 +80,16 @@ def _kernel(name: str, compiled: bool):
 class _FiringFrequency(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, p, eps: float, alpha: float, compiled: bool):
-        ctx.save_for_backward(z, p)
-        ctx.eps, ctx.alpha, ctx.compiled = eps, alpha, compiled
-        return _kernel("freq_fwd", compiled)(z, p, eps, alpha)
+        freq, base, powered = _kernel("freq_fwd", compiled)(z, p, eps, alpha)
+        ctx.save_for_backward(z, base, powered, p)  # freed by the minimality loss's backward
+        ctx.alpha, ctx.compiled = alpha, compiled
+        return freq
 
     @staticmethod
     def backward(ctx, grad_f):
-        z, p = ctx.saved_tensors
-        return _kernel("freq_bwd", ctx.compiled)(z, grad_f, p, ctx.eps, ctx.alpha), None, None, None, None
+        z, base, powered, p = ctx.saved_tensors
+        grad = _kernel("freq_bwd", ctx.compiled)(z, base, powered, grad_f, p, ctx.alpha)
+        return grad, None, None, None, None
 
 
 def firing_frequency(z: Float[torch.Tensor, "*lead C"], p: float, eps: float, alpha: float,

@@ -57,9 +57,9 @@ class _LowerLeakyHardSigmoid(torch.autograd.Function):
 def lower_leaky_grad(z: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
     """The lower leaky sigmoid's backward: ``grad`` passes on ``(0, 1)``; below 0 it leaks
     (×``alpha``) only where it is negative, i.e. where descent would raise ``z``."""
-    inside = (z > 0) & (z < 1)
-    below_rising = (z <= 0) & (grad < 0)
-    return torch.where(inside, grad, torch.where(below_rising, alpha * grad, 0.0))
+    # Six elementwise passes (this runs over every token × subcomponent of every site).
+    out = torch.where(z <= 0, grad.clamp(max=0.0).mul_(alpha), grad)
+    return out.masked_fill_(z >= 1, 0.0)
 
 
 def lower_leaky_sigmoid(z: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -32,6 +32,7 @@ from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import setup as setup_distributed
 from tl_vpd.evaluate import quick_eval
 from tl_vpd.losses import faithfulness_loss
+from tl_vpd.precision import autocast_context, use_bf16
 from tl_vpd.recipe import step_losses
 from tl_vpd.schedules import lr_schedule, p_schedule, warmup_constant
 
@@ -83,7 +84,7 @@ class Trainer:
         self.eval_data = eval_data
         self.recon_kind = cfg.recon_loss if cfg.recon_loss != "auto" else ("kl" if is_lm else "mse")
         self.device = next(iter(self.dec.components.values())).U.device
-        self.autocast = cfg.autocast == "bfloat16" or (cfg.autocast == "auto" and is_lm)
+        self.autocast = use_bf16(cfg.autocast, self.device, is_lm)
         self.callbacks = list(callbacks)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -235,7 +236,7 @@ class Trainer:
 
     def _amp(self):
         """A fresh autocast context for a forward pass (``cfg.autocast``; see :class:`VPDConfig`)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+        return autocast_context(self.device, self.autocast)
 
     def _check_divergence(self, loss: torch.Tensor) -> None:
         """Stop when Δ = W − U V has grown far past W itself (a loss exploding without NaN)."""
