@@ -8,6 +8,7 @@ from tl_vpd._version import __version__
 
 from tl_vpd.components import SiteComponents
 from tl_vpd.config import VPDConfig
+from tl_vpd.curves import plot_training_curves
 from tl_vpd.decompose import decompose
 from tl_vpd.decomposition import CIResult, Decomposition, load
 from tl_vpd.sites import Site
@@ -33,4 +34,5 @@ __all__ = [
     "decompose",
     "from_pretrained",
     "load",
+    "plot_training_curves",
 ]

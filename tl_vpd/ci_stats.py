@@ -8,9 +8,21 @@ import torch
 
 from tl_vpd.report import ALIVE_THRESHOLD
 
-__all__ = ["CI_HIST_BINS", "ci_histogram", "ci_histograms", "ci_spectrum", "l0_tables"]
+__all__ = ["CI_HIST_BINS", "alive_count", "ci_histogram", "ci_histograms", "ci_spectrum",
+           "l0_tables"]
 
 CI_HIST_BINS = 20  # library choice: bins of the CI histograms over (0, 1]
+
+
+def alive_count(ci_sum: torch.Tensor, n_tokens: int) -> int:
+    """How many subcomponents are alive: mean CI over the evaluated tokens above
+    ``ALIVE_THRESHOLD`` (the one definition of the evaluation report and the training curves).
+
+    Arguments:
+        ci_sum: one site's summed CI of each subcomponent over the tokens, ``[C]``.
+        n_tokens: the number of tokens summed over.
+    """
+    return int((ci_sum / max(n_tokens, 1) > ALIVE_THRESHOLD).sum())
 
 
 def ci_histogram(flat: torch.Tensor) -> torch.Tensor:
@@ -74,9 +86,9 @@ def l0_tables(dec, ci_sum, fired, l0_sum, n_tokens):
     """
     sites = []
     for n in dec.sites:
-        alive = int((ci_sum[n] / n_tokens > ALIVE_THRESHOLD).sum())
         sites.append({"site": n, "layer": dec.site(n).layer, "C": dec.components[n].C,
-                      "l0": l0_sum[n] / n_tokens, "alive": alive, "fired": int(fired[n].sum())})
+                      "l0": l0_sum[n] / n_tokens, "alive": alive_count(ci_sum[n], n_tokens),
+                      "fired": int(fired[n].sum())})
 
     def summed(rows):
         out = {k: sum(r[k] for r in rows) for k in ("C", "l0", "alive", "fired")}

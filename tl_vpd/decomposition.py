@@ -58,6 +58,7 @@ class Decomposition(nn.Module):
             ``.delta [d_out, d_in]``.
         ci_fn: the causal-importance network.
         model: the target (not a submodule; not saved).
+        history: the metrics :func:`tl_vpd.decompose` logged (saved; :mod:`tl_vpd.curves`).
     """
 
     def __init__(self, model: nn.Module, backend: Backend, sites: Sequence[Site],
@@ -244,9 +245,7 @@ class Decomposition(nn.Module):
 
         The model is restored when the block exits, even on error.
         """
-        unknown = set(masks) - set(self._sites)
-        if delta_masks:
-            unknown |= set(delta_masks) - set(self._sites)
+        unknown = (set(masks) | set(delta_masks or ())) - set(self._sites)
         if unknown:
             raise KeyError(f"masks given for sites that are not decomposed: {sorted(unknown)}")
         orphans = set(delta_masks or ()) - set(masks)
@@ -327,8 +326,7 @@ class Decomposition(nn.Module):
         :meth:`load`. ``ValueError`` if ``self.config`` disagrees with ``self.spec``."""
         comps = self.components
         if self.config is not None:
-            load_checks.check_savable(self.config, self.spec,
-                                      self.backend.find_sites(self.model), path)
+            load_checks.check_savable(self.config, self.spec, self.backend.find_sites(self.model), path)
         meta = {
             "tl_vpd_version": __version__,
             "backend": self.backend.name,
@@ -338,6 +336,7 @@ class Decomposition(nn.Module):
             "fingerprint": io.fingerprint({n: self.target_weight(n) for n in self.sites}),
             "model_fingerprint": identity.model_fingerprint(self.model),
             "config": None if self.config is None else self.config.to_dict(),
+            "history": self.history,
         }
         return io.write_decomposition(path, meta, {n: (c.U, c.V) for n, c in comps.items()},
                                       self.ci_fn.state_dict())
@@ -361,6 +360,7 @@ class Decomposition(nn.Module):
                 dec.components[name].U.copy_(U)
                 dec.components[name].V.copy_(V)
         dec.ci_fn.load_state_dict(contents.ci_state)
+        dec.history = contents.history
         return dec
 
     def save_pretrained(self, path: str | Path, **kwargs) -> Path:

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from tl_vpd._typing import Float
 from tl_vpd.adversary import fresh_pgd, init_sources
 from tl_vpd.data_stream import DataStream
-from tl_vpd.ci_stats import CI_HIST_BINS, ci_histogram, ci_histograms, ci_spectrum, l0_tables
+from tl_vpd.ci_stats import (CI_HIST_BINS, alive_count, ci_histogram, ci_histograms, ci_spectrum,
+                             l0_tables)
 from tl_vpd.eval_pgd import AttackBatch, pgd_ladder, reference_losses
 from tl_vpd.losses import recon_loss
 from tl_vpd.masking import (
@@ -96,22 +97,43 @@ def pgd_recon(dec: Decomposition, batch: torch.Tensor, target: Float[torch.Tenso
 
 
 def quick_eval(dec: Decomposition, data, cfg: VPDConfig, kind: str) -> dict[str, float]:
-    """L0 (total), stochastic and adversarial reconstruction on a few batches of ``data``."""
+    """What the training loop logs every ``cfg.eval_every`` steps (as ``eval/<key>``), on
+    ``cfg.eval_batches`` batches of ``data``.
+
+    Arguments:
+        dec: the decomposition.
+        data: evaluation data (see :func:`evaluate`).
+        cfg: its config (batches, batch size, sequence length, PGD steps, seed).
+        kind: ``"kl"`` or ``"mse"``: the reconstruction loss.
+
+    Returns:
+        ``l0`` (subcomponents with CI > 0 per token, summed over sites), ``alive`` (summed over
+        sites, as :func:`evaluate` counts them: :func:`tl_vpd.ci_stats.alive_count`),
+        ``stochastic_<kind>`` (stochastic masks) and ``pgd_<kind>`` (a fresh
+        ``cfg.eval_pgd_steps``-step PGD attack per batch, sources shared across the batch).
+    """
     gen = torch.Generator().manual_seed(cfg.seed + 999)
-    totals = {"l0": 0.0, "stochastic": 0.0, "adversarial": 0.0}
+    totals = {"l0": 0.0, f"stochastic_{kind}": 0.0, f"pgd_{kind}": 0.0}
     batches = _batches(dec, data, cfg.eval_batches, cfg.batch_size, cfg.seed + 12345,
                        seq_len=cfg.seq_len)
+    ci_sum = {n: torch.zeros(c.C, dtype=torch.float64) for n, c in dec.components.items()}
+    n_tokens = 0
     for batch in batches:
         with torch.no_grad():
             target, inputs = dec.run_target(batch)
             ci = dec.ci(inputs).lower
             totals["l0"] += sum(l0_per_site(ci).values())
+            for n, g in ci.items():
+                ci_sum[n] += g.flatten(0, -2).double().sum(0).cpu()
+            n_tokens += next(iter(ci.values())).shape[:-1].numel()
             masks, dmasks = masks_from_sources(ci, sample_sources(ci, gen))
             out = dec.run_masked(batch, masks, dmasks)
-            totals["stochastic"] += recon_loss(target, out, kind).item()
-        totals["adversarial"] += pgd_recon(dec, batch, target, ci, cfg.eval_pgd_steps, kind=kind,
+            totals[f"stochastic_{kind}"] += recon_loss(target, out, kind).item()
+        totals[f"pgd_{kind}"] += pgd_recon(dec, batch, target, ci, cfg.eval_pgd_steps, kind=kind,
                                            generator=gen)
-    return {k: v / len(batches) for k, v in totals.items()}
+    out = {k: v / len(batches) for k, v in totals.items()}
+    out["alive"] = sum(alive_count(s, n_tokens) for s in ci_sum.values())
+    return out
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -250,7 +272,7 @@ def evaluate(
         progress: show progress bars.
 
     Returns:
-        The :class:`~tl_vpd.report.EvalReport`.
+        The :class:`~tl_vpd.report.EvalReport` (with ``dec.history``: its training curves).
     """
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
@@ -319,7 +341,7 @@ def evaluate(
                       adversarial=adversarial, zero_ablated=sums[ZERO].mean(recon_kind),
                       n_tokens=n_tokens, settings=settings, adversarial_reference=reference,
                       ci_spectrum=ci_spectrum(ci_sum, n_tokens),
-                      ci_histograms=ci_histograms(hist))
+                      ci_histograms=ci_histograms(hist), history=list(dec.history))
 
 
 def _n_attacked(first, metric: str, n_recon: int, pgd_batches: int | None,

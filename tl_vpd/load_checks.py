@@ -53,12 +53,14 @@ class CheckedContents:
         config: the training config, when one was saved.
         components: ``{site: (U, V)}`` on the CPU.
         ci_state: the CI function's ``state_dict`` on the CPU.
+        history: the training history (empty when saved before histories were).
     """
 
     spec: DecompositionSpec
     config: VPDConfig | None
     components: dict[str, tuple[torch.Tensor, torch.Tensor]]
     ci_state: dict[str, torch.Tensor]
+    history: list[dict] = dataclasses.field(default_factory=list)
 
 
 def read_checked(path: str | Path, model: nn.Module) -> CheckedContents:
@@ -88,12 +90,13 @@ def read_checked(path: str | Path, model: nn.Module) -> CheckedContents:
     _check_sites(found, spec, shapes, meta_file)
     _check_identity(meta, found, model, meta_file)
     config = _check_config(meta.get("config"), spec, found, meta_file)
+    history = _check_history(meta.get("history", []), meta_file)
     tensors = io.read_tensors(comp_file)
     _check_finite(tensors, comp_file)
     ci_state = io.read_tensors(ci_file)
     _check_finite(ci_state, ci_file)
     comps = {n: (tensors[f"{n}.U"], tensors[f"{n}.V"]) for n in spec.sites}
-    return CheckedContents(spec, config, comps, ci_state)
+    return CheckedContents(spec, config, comps, ci_state, history)
 
 
 # ------------------------------------------------------------------ decomposition.json
@@ -278,6 +281,16 @@ def _check_config(cfg: Mapping | None, spec: DecompositionSpec, found: Mapping[s
                          "file was edited; save the decomposition again (or set 'config' to null "
                          "to load it without its training config)")
     return config
+
+
+def _check_history(history, file: Path) -> list[dict]:
+    """The saved training history: a list of ``{metric: number}`` rows (NaN allowed)."""
+    if not (isinstance(history, list) and all(
+            isinstance(r, dict) and all(isinstance(v, numbers.Real) for v in r.values())
+            for r in history)):
+        raise ValueError(f"{file}: its 'history' must be a list of {{metric: number}} rows; it was "
+                         "edited or corrupted; save the decomposition again (or delete the key)")
+    return [dict(r) for r in history]
 
 
 def config_disagreements(config: VPDConfig, spec: DecompositionSpec,

@@ -52,6 +52,8 @@ class EvalReport:
             first (VPD paper: its log's sharp cutoff shows how many subcomponents are alive).
         ci_histograms: per site ``{"site", "zeros", "edges", "counts"}``: how many CI values are
             ``<= 0``, and a histogram of the rest over (0, 1].
+        history: the decomposition's training history (``dec.history``), drawn in the HTML view
+            by :func:`tl_vpd.plot_training_curves`; empty when it had none.
     """
 
     metric: str
@@ -66,6 +68,7 @@ class EvalReport:
     adversarial_reference: dict = field(default_factory=dict)
     ci_spectrum: list[dict] = field(default_factory=list)
     ci_histograms: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
 
     def row(self, mode: str) -> dict:
         """The reconstruction row of one masking mode, e.g. ``report.row("unmasked")["ce"]``."""
@@ -182,10 +185,27 @@ class EvalReport:
         parts = [self._header()]
         for title, cols, rows in self._tables():
             parts += ["", title, text_table(cols, rows)]
+        if self.history:
+            parts += ["", f"Training history: {len(self.history)} logged rows (drawn in the HTML "
+                      "view and by tl_vpd.plot_training_curves)"]
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
         parts = [f"<b>{html.escape(self._header())}</b>"]
         for title, cols, rows in self._tables():
             parts.append(f"<p><i>{html.escape(title)}</i></p>{html_table(cols, rows)}")
+        if self.history:
+            parts.append(self._curves_html())
         return "<div>" + "\n".join(parts) + "</div>"
+
+    def _curves_html(self) -> str:
+        """The training curves as an inline PNG (a note instead where matplotlib is missing)."""
+        title = f"<p><i>Training curves ({len(self.history)} logged rows)</i></p>"
+        try:
+            from matplotlib.figure import Figure  # not pyplot: no figure left open to show twice
+        except ImportError:
+            return title + "<p>install matplotlib (the dev extra) to draw them</p>"
+        from tl_vpd.curves import figure_png, plot_training_curves
+
+        uri = figure_png(plot_training_curves(self.history, fig=Figure(figsize=(11, 7))))
+        return f'{title}<img src="{uri}" alt="training curves" style="max-width:100%">'

@@ -176,10 +176,12 @@ class Trainer:
             raise
         self.step += 1
         bar.update(1)
-        if cfg.eval_every and self.eval_data is not None and self.step % cfg.eval_every == 0:
+        evaluated = bool(cfg.eval_every and self.eval_data is not None
+                         and self.step % cfg.eval_every == 0)
+        if evaluated:  # an eval row is always recorded, whether or not it is a log step
             metrics.update({f"eval/{k}": v for k, v in
                             quick_eval(self.dec, self.eval_data, cfg, self.recon_kind).items()})
-        if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+        if evaluated or (cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps)):
             self._log(metrics, bar)
         if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.run_dir:
             self.save_checkpoint()
