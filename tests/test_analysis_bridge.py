@@ -119,6 +119,24 @@ def test_twins_qk_and_finders(twins, toks):
 
 
 @needs_hooked
+def test_twins_qk_data_ov_routing_and_edit_evaluation(twins, toks):
+    from planted import KS, QS, decode
+
+    dec, bdec = twins
+    dd, bdd = (A.qk_data_interactions(d, 1, toks[:4], q=range(4), k=range(4)) for d in (dec, bdec))
+    assert bdd.rotary and bdd.attn_scale == pytest.approx(dd.attn_scale)
+    assert _close(dd.values, bdd.values, 1e-4 * float(dd.values.abs().max()))
+    ov, bov = (A.ov_circuits(d, 1, decode=decode) for d in (dec, bdec))
+    assert _close(ov.write, bov.write, 1e-5) and _close(ov.pair, bov.pair, 1e-5)
+    assert [t for t, _ in bov.promotes(0, 3)] == [t for t, _ in ov.promotes(0, 3)]
+    r, br = (A.boundary_routing(d, toks, f"{KS}:1", decode=decode) for d in (dec, bdec))
+    assert _close(r.base, br.base, 1e-5) and _close(r.after, br.after, 1e-5)
+    ev, bev = (A.evaluate_edit(d, {QS: [1]}, toks, on_target="ci") for d in (dec, bdec))
+    assert bev.off.kl_mean == pytest.approx(ev.off.kl_mean, rel=1e-3, abs=1e-6)
+    assert bev.on.kl_mean == pytest.approx(ev.on.kl_mean, rel=1e-3) and bev.on.n_positions == ev.on.n_positions
+
+
+@needs_hooked
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 def test_twins_edit(twins, toks, alpha):
     from planted import QS
@@ -248,6 +266,33 @@ def test_analysis_entry_points_run(llama):
     assert isinstance(A.find_prev_token_subcomponents(dec, toks), list)
     g = dec.attribution_graph(toks[0], progress=False)
     assert g.nodes[-1].kind == "output" and g.edges
+
+
+def test_qk_data_matches_the_forward_gqa(llama):
+    """HF LLaMA (GQA, rotary from the model's tables, no biases): one pair alone (Δ off) gives
+    the bridge's own hook_attn_scores."""
+    model, dec = llama
+    toks = bridge_tokens(2, 8)
+    dd = A.qk_data_interactions(dec, 1, toks, q=range(6), k=range(6))
+    masks = {f"blocks.1.attn.W_{k}": torch.zeros(*toks.shape, 6) for k in "QK"}
+    masks["blocks.1.attn.W_Q"][..., 2] = 1.0
+    masks["blocks.1.attn.W_K"][..., 3] = 1.0
+    with dec.masked(masks, {s: torch.zeros(toks.shape) for s in masks}):
+        _, cache = model.run_with_cache(toks, names_filter="blocks.1.attn.hook_attn_scores")
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    ref = cache["blocks.1.attn.hook_attn_scores"][..., causal] * dd.attn_scale
+    assert (dd.pair(2, 3)[..., causal] - ref).abs().max() <= 1e-4 and ref.abs().max() > 0.1
+
+
+def test_ov_routing_and_edit_evaluation_run(llama):
+    model, dec = llama
+    toks = bridge_tokens(4, 12)
+    ov = A.ov_circuits(dec, 1)  # 2 value heads feed 4 output heads
+    assert ov.write.shape == (6, 4, 32) and len(ov.promotes(0, 3)) == 3 and "OVCircuits" in repr(ov)
+    r = A.boundary_routing(dec, toks, "blocks.1.attn.W_K:0", boundary=range(10, 40))
+    assert r.base.shape == (2, 4) and torch.allclose(r.base[0], r.after[0])
+    ev = dec.edit("blocks.1.attn.W_K:0", heldout=toks)
+    assert ev.off.n_positions == toks.numel() and ev.off.kl_mean > 0 and "KL mean" in ev.table()
 
 
 def test_views(llama):

@@ -32,6 +32,13 @@ def test_unsupported_tools_raise_naming_the_backend():
         A.hooked(dec)
     with pytest.raises(NotImplementedError, match=name):
         A.attribution_graph(dec, toks[0], progress=False)
+    for tool in (A.qk_data_interactions, A.ov_circuits):  # language models' attention only
+        with pytest.raises(NotImplementedError, match=name):
+            tool(dec, 0, toks) if tool is A.qk_data_interactions else tool(dec, 0)
+    with pytest.raises(NotImplementedError, match=name):
+        A.boundary_routing(dec, toks, {site: [0]}, [0])
+    with pytest.raises(NotImplementedError, match=name):
+        A.evaluate_edit(dec, {site: [0]}, toks)
     with pytest.raises(NotImplementedError, match=name):
         dec.backend.add_to_weight(model, dec.site(site), torch.zeros(dec.site(site).d_out,
                                                                      dec.site(site).d_in))

@@ -304,9 +304,9 @@ class Decomposition(nn.Module):
         """Every subcomponent's density and top contexts: :func:`tl_vpd.analysis.harvest`."""
         return analysis.harvest(self, data, **kwargs)
 
-    def edit(self, edits):
-        """A copy of the target (its own class) with ``W − (1−α) u_c v_cᵀ``: :func:`tl_vpd.analysis.edit`."""
-        return analysis.edit(self, edits)
+    def edit(self, edits, heldout=None, **kwargs):
+        """The edited copy (:func:`tl_vpd.analysis.edit`); with ``heldout``, :func:`tl_vpd.analysis.evaluate_edit`."""
+        return analysis.edit(self, edits) if heldout is None else analysis.evaluate_edit(self, edits, heldout, **kwargs)
 
     def hooked(self, mask: str = "ones"):
         """The target with ``{site}.hook_ci`` / ``hook_mask`` hook points: :func:`tl_vpd.analysis.hooked`."""

@@ -10,9 +10,17 @@ module              what
 ``attention``       attention patterns and offset profiles, :func:`prev_token_scores`,
                     :func:`ablation_masks` (every ablation's masks), :func:`ablation_effect`
 ``qk``              static Q·K interactions of query and key subcomponents, with rotary
+``qk_data``         :func:`qk_data_interactions`: the data-dependent Q·K interaction strength
+                    of every (query, key) pair on real prompts
+``ov``              :func:`ov_circuits`: what value subcomponents write through each head,
+                    composed with output subcomponents, and the tokens they promote
+``routing``         :func:`boundary_routing`: each head's attention on boundary tokens, with
+                    and without an ablation
 ``finders``         the previous-token and syntax-boundary finders
 ``edit``            :func:`edit` (``dec.edit``): a copy of the target without chosen
                     subcomponents
+``edit_eval``       :func:`evaluate_edit` (``dec.edit(..., heldout=...)``): off- and
+                    on-target KL, top-1 changes and the most changed predictions of an edit
 ``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``
 ``attribution``     :func:`attribution_graph` between subcomponents for one prompt
@@ -33,6 +41,7 @@ from tl_vpd.analysis.attention import (
 )
 from tl_vpd.analysis.attribution import AttributionGraph, Node, attribution_graph
 from tl_vpd.analysis.edit import edit, edit_delta
+from tl_vpd.analysis.edit_eval import EditEvaluation, EditStats, evaluate_edit
 from tl_vpd.analysis.finders import (
     BoundaryHit,
     PrevTokenHit,
@@ -41,7 +50,10 @@ from tl_vpd.analysis.finders import (
     find_syntax_boundary,
 )
 from tl_vpd.analysis.hooked import VPDHookedModel, hooked, mask_hook
+from tl_vpd.analysis.ov import OVCircuits, ov_circuits
 from tl_vpd.analysis.qk import QKInteractions, qk_interaction, qk_interactions
+from tl_vpd.analysis.qk_data import QKDataInteractions, qk_data_interactions
+from tl_vpd.analysis.routing import BoundaryRouting, boundary_mask, boundary_routing
 from tl_vpd.analysis.selection import parse_selection
 from tl_vpd.analysis.subcomponents import (
     Context,
@@ -56,10 +68,15 @@ __all__ = [
     "AblationEffect",
     "AttributionGraph",
     "BoundaryHit",
+    "BoundaryRouting",
     "Context",
+    "EditEvaluation",
+    "EditStats",
     "Harvest",
     "Node",
+    "OVCircuits",
     "PrevTokenHit",
+    "QKDataInteractions",
     "QKInteractions",
     "SubcomponentInfo",
     "VPDHookedModel",
@@ -67,9 +84,12 @@ __all__ = [
     "ablation_masks",
     "attention_patterns",
     "attribution_graph",
+    "boundary_mask",
+    "boundary_routing",
     "classify_token",
     "edit",
     "edit_delta",
+    "evaluate_edit",
     "find_prev_token_subcomponents",
     "find_syntax_boundary",
     "harvest",
@@ -77,8 +97,10 @@ __all__ = [
     "hooked",
     "mask_hook",
     "offset_profile",
+    "ov_circuits",
     "parse_selection",
     "prev_token_scores",
+    "qk_data_interactions",
     "qk_interaction",
     "qk_interactions",
     "subcomponent",

@@ -21,7 +21,24 @@ from tl_vpd.tables import text_table
 if TYPE_CHECKING:
     from tl_vpd.decomposition import Decomposition
 
-__all__ = ["QKInteractions", "qk_interaction", "qk_interactions"]
+__all__ = ["QKInteractions", "heatmap", "qk_interaction", "qk_interactions"]
+
+
+def heatmap(ax, values: Float[torch.Tensor, "rows cols"], title: str, xlabel: str, ylabel: str,
+            xticks: Sequence | None = None):
+    """A diverging heatmap centred at 0 (blue negative, red positive) with a colour bar, the one
+    look of every Q·K plot."""
+    v = values.detach().float().cpu()
+    lim = float(v.abs().max()) or 1.0
+    im = ax.imshow(v.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+    ax.set_title(title, fontsize="small")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xticks is not None:
+        step = max(1, len(xticks) // 8)
+        ax.set_xticks(range(0, len(xticks), step), [str(t) for t in xticks[::step]])
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    return ax
 
 
 @dataclass
@@ -71,6 +88,17 @@ class QKInteractions:
         lines = [f"QKInteractions(layer {self.layer}, {Cq}×{Ck} pairs, {H} heads, offsets "
                  f"{self.offsets[0]}..{self.offsets[-1]}, {rot})", "  top pairs (standardized):"]
         return "\n".join(lines + ["  " + line for line in table.splitlines()])
+
+    def plot(self, c_q: int, c_k: int, standardized: bool = True, ax=None):
+        """The pair's strength as a heatmap, head × offset. Needs matplotlib; returns the
+        ``Axes``."""
+        if ax is None:
+            import matplotlib.pyplot as plt  # optional dependency, imported only when plotting
+
+            ax = plt.subplots(figsize=(6, 2.8))[1]
+        v = (self.standardized if standardized else self.values)[c_q, c_k]
+        title = f"{'standardized ' if standardized else ''}SIS of W_Q:{c_q} × W_K:{c_k}, layer {self.layer}"
+        return heatmap(ax, v, title, "offset (query − key)", "head", xticks=self.offsets)
 
 
 @torch.no_grad()
