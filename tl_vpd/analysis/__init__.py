@@ -16,6 +16,8 @@ module              what
 ``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``
 ``attribution``     :func:`attribution_graph` between subcomponents for one prompt
+``clustering``      :func:`cluster_subcomponents`: MDL clustering of coactive subcomponents
+                    into components
 ``_tokens``         one ordered pass over token data; token ids as text
 ``_site_stats``     the streaming per-site statistics behind :func:`harvest`
 =================== ==========================================================================
@@ -32,6 +34,12 @@ from tl_vpd.analysis.attention import (
     prev_token_scores,
 )
 from tl_vpd.analysis.attribution import AttributionGraph, Node, attribution_graph
+from tl_vpd.analysis.clustering import (
+    Clustering,
+    alpha_for_coactivation,
+    cluster_activations,
+    cluster_subcomponents,
+)
 from tl_vpd.analysis.edit import edit, edit_delta
 from tl_vpd.analysis.finders import (
     BoundaryHit,
@@ -56,6 +64,7 @@ __all__ = [
     "AblationEffect",
     "AttributionGraph",
     "BoundaryHit",
+    "Clustering",
     "Context",
     "Harvest",
     "Node",
@@ -65,9 +74,12 @@ __all__ = [
     "VPDHookedModel",
     "ablation_effect",
     "ablation_masks",
+    "alpha_for_coactivation",
     "attention_patterns",
     "attribution_graph",
     "classify_token",
+    "cluster_activations",
+    "cluster_subcomponents",
     "edit",
     "edit_delta",
     "find_prev_token_subcomponents",
