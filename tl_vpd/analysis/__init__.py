@@ -16,6 +16,9 @@ module              what
 ``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``
 ``attribution``     :func:`attribution_graph` between subcomponents for one prompt
+``pruning``         :func:`optimize_ci` (post-hoc CI for one prediction, adversarially
+                    faithful), :func:`pruned_attribution_graph`
+``dataset_attribution`` :func:`dataset_attributions`: normalised attributions over a dataset
 ``clustering``      :func:`cluster_subcomponents`: MDL clustering of coactive subcomponents
                     into components
 ``_tokens``         one ordered pass over token data; token ids as text
@@ -40,6 +43,7 @@ from tl_vpd.analysis.clustering import (
     cluster_activations,
     cluster_subcomponents,
 )
+from tl_vpd.analysis.dataset_attribution import DatasetAttributions, dataset_attributions
 from tl_vpd.analysis.edit import edit, edit_delta
 from tl_vpd.analysis.finders import (
     BoundaryHit,
@@ -49,6 +53,7 @@ from tl_vpd.analysis.finders import (
     find_syntax_boundary,
 )
 from tl_vpd.analysis.hooked import VPDHookedModel, hooked, mask_hook
+from tl_vpd.analysis.pruning import PrunedCI, optimize_ci, pruned_attribution_graph
 from tl_vpd.analysis.qk import QKInteractions, qk_interaction, qk_interactions
 from tl_vpd.analysis.selection import parse_selection
 from tl_vpd.analysis.subcomponents import (
@@ -66,9 +71,11 @@ __all__ = [
     "BoundaryHit",
     "Clustering",
     "Context",
+    "DatasetAttributions",
     "Harvest",
     "Node",
     "PrevTokenHit",
+    "PrunedCI",
     "QKInteractions",
     "SubcomponentInfo",
     "VPDHookedModel",
@@ -80,6 +87,7 @@ __all__ = [
     "classify_token",
     "cluster_activations",
     "cluster_subcomponents",
+    "dataset_attributions",
     "edit",
     "edit_delta",
     "find_prev_token_subcomponents",
@@ -89,8 +97,10 @@ __all__ = [
     "hooked",
     "mask_hook",
     "offset_profile",
+    "optimize_ci",
     "parse_selection",
     "prev_token_scores",
+    "pruned_attribution_graph",
     "qk_interaction",
     "qk_interactions",
     "subcomponent",
