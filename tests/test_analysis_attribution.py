@@ -1,6 +1,7 @@
 """tl_vpd.analysis.attribution: edges of the planted target's attribution graph by hand."""
 
 import pytest
+import torch
 
 from tl_vpd import analysis as A
 from planted import KS, decode, planted, toks  # noqa: F401  (fixtures)
@@ -53,3 +54,39 @@ def _maybe(g, site, pos, c):
         return g.node_index(site, pos, c)
     except KeyError:
         return None
+
+
+def test_dataset_attributions_by_hand(planted, toks):
+    model, dec = planted
+    data = toks[:4]
+    da = A.dataset_attributions(dec, data, batch_size=2, progress=False)
+    assert da.n_tokens == data.numel()
+    comps = dec.components
+    _, xs = dec.run_target(data)
+    ci = dec.ci(xs).lower
+    a = {s: comps[s].inner_acts(xs[s]).detach() for s in dec.sites}
+    O0, V1 = "blocks.0.attn.W_O", "blocks.1.attn.W_V"
+    U_O0, V_V1 = comps[O0].U.detach(), comps[V1].V.detach()
+    ag = (a[O0] * ci[O0]).sum((0, 1))  # Σ a1 g1
+    rms = a[V1].pow(2).mean((0, 1)).sqrt()
+    want = (V_V1 @ U_O0).T * ag[:, None]  # the residual path is linear: ∂a2/∂a1 = v2 · u1
+    assert torch.allclose(da.raw[(O0, V1)].float(), want, rtol=1e-4, atol=1e-5)
+    norm = want / (ci[O0].sum((0, 1))[:, None] * rms[None, :])
+    assert torch.allclose(da.normalized(O0, V1).float(), norm, rtol=1e-4, atol=1e-5)
+    # One prompt: the K -> O sums (across positions, through the pattern) match the prompt graph
+    # with every target node present (sources with CI 0 carry weight ~0 either way).
+    one = A.dataset_attributions(dec, toks[:1], progress=False)
+    _, xs1 = dec.run_target(toks[:1])
+    every = {s: g[0].detach() + 1e-12 for s, g in dec.ci(xs1).lower.items()}
+    g = A.attribution_graph(dec, toks[0], ci=every, progress=False)
+    by_graph = torch.zeros(4, 4)
+    for s, d, w in g.edges:
+        ns, nd = g.nodes[s], g.nodes[d]
+        if ns.site == KS and nd.site == "blocks.1.attn.W_O":
+            by_graph[ns.c, nd.c] += w
+    assert by_graph.abs().sum() > 0
+    assert torch.allclose(one.raw[(KS, "blocks.1.attn.W_O")].float(), by_graph, rtol=1e-4, atol=1e-5)
+    absolute = A.dataset_attributions(dec, toks[:1], absolute=True, progress=False)
+    assert absolute.absolute and not torch.allclose(absolute.raw[(KS, "blocks.1.attn.W_O")],
+                                                    one.raw[(KS, "blocks.1.attn.W_O")])
+    assert "top edges" in repr(da)

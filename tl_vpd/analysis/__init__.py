@@ -24,6 +24,12 @@ module              what
 ``hooked``          :func:`hooked` (``dec.hooked``): ``{site}.hook_ci`` / ``hook_mask`` hook
                     points for ``run_with_hooks`` / ``run_with_cache``
 ``attribution``     :func:`attribution_graph` between subcomponents for one prompt
+``pruning``         :func:`optimize_ci` (post-hoc CI for one prediction, adversarially
+                    faithful), :func:`pruned_attribution_graph`
+``dataset_attribution``
+                    :func:`dataset_attributions`: normalised attributions over a dataset
+``clustering``      :func:`cluster_subcomponents`: MDL clustering of coactive subcomponents
+                    into components
 ``_tokens``         one ordered pass over token data; token ids as text
 ``_site_stats``     the streaming per-site statistics behind :func:`harvest`
 =================== ==========================================================================
@@ -40,6 +46,13 @@ from tl_vpd.analysis.attention import (
     prev_token_scores,
 )
 from tl_vpd.analysis.attribution import AttributionGraph, Node, attribution_graph
+from tl_vpd.analysis.clustering import (
+    Clustering,
+    alpha_for_coactivation,
+    cluster_activations,
+    cluster_subcomponents,
+)
+from tl_vpd.analysis.dataset_attribution import DatasetAttributions, dataset_attributions
 from tl_vpd.analysis.edit import edit, edit_delta
 from tl_vpd.analysis.edit_eval import EditEvaluation, EditStats, evaluate_edit
 from tl_vpd.analysis.finders import (
@@ -51,6 +64,7 @@ from tl_vpd.analysis.finders import (
 )
 from tl_vpd.analysis.hooked import VPDHookedModel, hooked, mask_hook
 from tl_vpd.analysis.ov import OVCircuits, ov_circuits
+from tl_vpd.analysis.pruning import PrunedCI, optimize_ci, pruned_attribution_graph
 from tl_vpd.analysis.qk import QKInteractions, qk_interaction, qk_interactions
 from tl_vpd.analysis.qk_data import QKDataInteractions, qk_data_interactions
 from tl_vpd.analysis.routing import BoundaryRouting, boundary_mask, boundary_routing
@@ -69,24 +83,31 @@ __all__ = [
     "AttributionGraph",
     "BoundaryHit",
     "BoundaryRouting",
+    "Clustering",
     "Context",
+    "DatasetAttributions",
     "EditEvaluation",
     "EditStats",
     "Harvest",
     "Node",
     "OVCircuits",
     "PrevTokenHit",
+    "PrunedCI",
     "QKDataInteractions",
     "QKInteractions",
     "SubcomponentInfo",
     "VPDHookedModel",
     "ablation_effect",
     "ablation_masks",
+    "alpha_for_coactivation",
     "attention_patterns",
     "attribution_graph",
     "boundary_mask",
     "boundary_routing",
     "classify_token",
+    "cluster_activations",
+    "cluster_subcomponents",
+    "dataset_attributions",
     "edit",
     "edit_delta",
     "evaluate_edit",
@@ -97,9 +118,11 @@ __all__ = [
     "hooked",
     "mask_hook",
     "offset_profile",
+    "optimize_ci",
     "ov_circuits",
     "parse_selection",
     "prev_token_scores",
+    "pruned_attribution_graph",
     "qk_data_interactions",
     "qk_interaction",
     "qk_interactions",

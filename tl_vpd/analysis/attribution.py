@@ -22,21 +22,21 @@ a text ``repr`` and ``_repr_html_``; no networkx.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from tl_vpd._typing import Int
+from tl_vpd._typing import Float, Int
 from tl_vpd.analysis._tokens import token_decoder
 from tl_vpd.tables import html_table, text_table
 
 if TYPE_CHECKING:
     from tl_vpd.decomposition import Decomposition
 
-__all__ = ["AttributionGraph", "Node", "attribution_graph"]
+__all__ = ["AttributionGraph", "Node", "attribution_graph", "leaf_forward"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,34 @@ class AttributionGraph:
         return AttributionGraph([self.nodes[i] for i in used], [(new[s], new[d], w) for s, d, w in keep_e],
                                 self.tokens, self.target)
 
+    def plot(self, ax=None, max_edges: int = 300):
+        """A static drawing: embeddings at the bottom, one row per site in forward order, the
+        output on top, positions left to right; edges drawn with width ∝ ``|attr|`` (blue
+        positive, red negative), the ``max_edges`` largest. Returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+
+        sites = list(dict.fromkeys(nd.site for nd in self.nodes if nd.kind == "component"))
+        row = {s: i + 1 for i, s in enumerate(sites)}
+        slot: dict[tuple, int] = {}
+        xy = []
+        for nd in self.nodes:
+            y = 0 if nd.kind == "embed" else len(sites) + 1 if nd.kind == "output" else row[nd.site]
+            k = slot[(y, nd.pos)] = slot.get((y, nd.pos), -1) + 1
+            xy.append((nd.pos + 0.12 * k, y))
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(6, len(self.tokens)), 1 + 0.8 * (len(sites) + 2)))
+        top = sorted(self.edges, key=lambda e: abs(e[2]), reverse=True)[:max_edges]
+        w_max = max((abs(w) for _, _, w in top), default=1.0) or 1.0
+        for s, d, w in top:
+            ax.plot(*zip(xy[s], xy[d]), color="tab:blue" if w > 0 else "tab:red",
+                    lw=0.3 + 3 * abs(w) / w_max, alpha=0.6, zorder=1)
+        ax.scatter(*zip(*xy), s=25, c="k", zorder=2)
+        ax.set_yticks(range(len(sites) + 2), ["embed", *sites, self.nodes[-1].label])
+        ax.set_xticks(range(len(self.tokens)), [repr(t) for t in self.tokens], rotation=60, fontsize=7)
+        ax.set_title(self._header(), fontsize=8)
+        ax.figure.tight_layout()
+        return ax.figure
+
     def to_dict(self) -> dict:
         return {"tokens": self.tokens, "target": list(self.target),
                 "nodes": [vars(nd) for nd in self.nodes],
@@ -126,51 +154,20 @@ class AttributionGraph:
                 f"{html_table(self._COLUMNS, self._rows(30), self._fmt)}</div>")
 
 
-def attribution_graph(
-    dec: Decomposition,
-    tokens: Int[torch.Tensor, "..."],
-    target: int | None = None,
-    *,
-    position: int = -1,
-    ci_threshold: float = 0.0,
-    min_abs: float = 0.0,
-    decode: Callable | None = None,
-    progress: bool = True,
-) -> AttributionGraph:
-    """The attribution graph of one prompt towards one target logit.
+def leaf_forward(dec: Decomposition, tokens: Int[torch.Tensor, "batch pos"]):
+    """The target's forward with every site's output rebuilt from leaf copies of its
+    activations (see the module), with gradients on.
 
-    Arguments:
-        dec: the decomposition (of a ``HookedTransformer`` or a ``TransformerBridge``).
-        tokens: the prompt, ``[pos]`` or ``[1, pos]``.
-        target: token id whose logit at ``position`` is the output node (default: the target
-            model's top prediction there).
-        position: the position of the output node.
-        ci_threshold: a subcomponent is a node where its CI exceeds this.
-        min_abs: edges with ``|attr|`` below this are dropped.
-        decode: ``decode([id]) -> str`` for labels.
-        progress: a ``tqdm.auto`` bar over the backward passes (one per node).
+    Returns:
+        ``(output, raw, leaves, embeds)``: ``raw[site]`` the activations ``v_c · φ``
+        ``[batch, pos, C]`` as computed (with gradient to earlier leaves), ``leaves[site]`` their
+        leaf copies, ``embeds`` the leaf copies of the embedding outputs.
     """
-    if not dec.backend.supports_attribution:
-        raise NotImplementedError(f"attribution graphs need a language-model backend with "
-                                  f"embedding points; this decomposition's backend is "
-                                  f"{dec.backend.name!r}")
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
-    if tokens.shape[0] != 1:
-        raise ValueError(f"attribution_graph takes one prompt, got a batch of {tokens.shape[0]}")
     model, comps = dec.model, dec.components
     sites = [dec.site(s) for s in dec.sites]
     if any(s.per_head_input for s in sites):
         raise NotImplementedError("attribution graphs do not support per-head site inputs "
                                   "(use_split_qkv_input / use_attn_in)")
-    T = tokens.shape[1]
-    position = position % T
-    with torch.no_grad():
-        logits, xs = dec.run_target(tokens)
-        ci = {k: v[0].float() for k, v in dec.ci(xs).lower.items()}  # [T, C]
-    target = int(logits[0, position].argmax()) if target is None else int(target)
-    to_str = token_decoder(model, decode)
-    tok_strs = [to_str(t) for t in tokens[0].tolist()]
-
     raw, leaves, embeds = {}, {}, []
 
     def swap(site, x, out):
@@ -194,6 +191,58 @@ def attribution_graph(
     finally:
         for h in handles:
             h.remove()
+    return out, raw, leaves, embeds
+
+
+def attribution_graph(
+    dec: Decomposition,
+    tokens: Int[torch.Tensor, "..."],
+    target: int | None = None,
+    *,
+    position: int = -1,
+    ci_threshold: float = 0.0,
+    min_abs: float = 0.0,
+    ci: Mapping[str, Float[torch.Tensor, "pos C"]] | None = None,
+    decode: Callable | None = None,
+    progress: bool = True,
+) -> AttributionGraph:
+    """The attribution graph of one prompt towards one target logit.
+
+    Arguments:
+        dec: the decomposition (of a ``HookedTransformer`` or a ``TransformerBridge``).
+        tokens: the prompt, ``[pos]`` or ``[1, pos]``.
+        target: token id whose logit at ``position`` is the output node (default: the target
+            model's top prediction there).
+        position: the position of the output node.
+        ci_threshold: a subcomponent is a node where its CI exceeds this.
+        min_abs: edges with ``|attr|`` below this are dropped.
+        ci: ``{site: [pos, C]}`` causal importances to use instead of the CI function's, e.g.
+            post-hoc optimised ones (:func:`tl_vpd.analysis.pruned_attribution_graph`): they
+            choose the nodes and weight the edges.
+        decode: ``decode([id]) -> str`` for labels.
+        progress: a ``tqdm.auto`` bar over the backward passes (one per node).
+    """
+    if not dec.backend.supports_attribution:
+        raise NotImplementedError(f"attribution graphs need a language-model backend with "
+                                  f"embedding points; this decomposition's backend is "
+                                  f"{dec.backend.name!r}")
+    tokens = tokens[None] if tokens.dim() == 1 else tokens
+    if tokens.shape[0] != 1:
+        raise ValueError(f"attribution_graph takes one prompt, got a batch of {tokens.shape[0]}")
+    model, comps = dec.model, dec.components
+    T = tokens.shape[1]
+    position = position % T
+    with torch.no_grad():
+        logits, xs = dec.run_target(tokens)
+        if ci is None:
+            ci = {k: v[0].float() for k, v in dec.ci(xs).lower.items()}  # [T, C]
+        else:
+            ci = {k: ci[k].float() if k in ci else torch.zeros(T, comps[k].C) for k in dec.sites}
+    target = int(logits[0, position].argmax()) if target is None else int(target)
+    to_str = token_decoder(model, decode)
+    tok_strs = [to_str(t) for t in tokens[0].tolist()]
+
+    out, raw, leaves, embeds = leaf_forward(dec, tokens)
     alive = {s: (ci[s] > ci_threshold).nonzero().tolist() for s in dec.sites}
     nodes = [Node("embed", t, token=tok_strs[t]) for t in range(T)]
     index = {}
