@@ -195,7 +195,9 @@ def train_target(
     AdamW with linear warmup then cosine decay to 10% of ``lr``, gradient clipping, weight decay
     on weight matrices only (the VPD paper's target recipe, scaled down). The defaults train the
     default target on the default corpus (1.6 epochs of its ~3M tokens) in about 11 minutes on 2
-    idle CPU cores (~0.53 s per step, ~1.5 s per evaluation). Deterministic for a seed on CPU.
+    idle CPU cores in fp32 (~0.53 s per step, ~1.5 s per evaluation); bf16 autocast (the default
+    where it is native) takes ~0.6× the CPU time per step with the same validation curve
+    (``benchmarks/target_precision.py``). Deterministic for a seed on CPU.
 
     Arguments:
         cfg: Model config, normally from :func:`target_config`.
