@@ -12,6 +12,7 @@ from tl_vpd.losses import (
     kl_recon_loss,
     minimality_loss,
     mse_recon_loss,
+    prepare_target,
     recon_loss,
 )
 
@@ -159,3 +160,27 @@ def test_minimality_is_importance_plus_beta_frequency():
 def test_minimality_rejects_empty():
     with pytest.raises(ValueError, match="at least one"):
         importance_minimality_loss({}, p=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_target_distribution_kl_equals_kl_recon_loss(dtype):
+    """The fused KL against a prepared target (one log_softmax per batch for every pass) gives
+    kl_recon_loss's value and gradient, in fp32 and for bf16 logits (autocast's output)."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(3, 7, 50, generator=g) * 3
+    x = (torch.randn(3, 7, 50, generator=g) * 3).to(dtype).requires_grad_(True)
+    ref = kl_recon_loss(target, x)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    prepared = prepare_target(target, "kl")
+    fused = recon_loss(prepared, x, "kl")
+    (g_fused,) = torch.autograd.grad(fused, x)
+    assert g_fused.dtype == dtype
+    torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_fused.float(), g_ref.float(), rtol=1e-5, atol=1e-8)
+    # Equal distributions: exactly zero gradient (the minimum), not rounding noise.
+    same = target.clone().requires_grad_(True)
+    (g_same,) = torch.autograd.grad(recon_loss(prepared, same, "kl"), same)
+    assert g_same.abs().max() < 1e-7
+    assert prepare_target(target, "mse") is target
+    with pytest.raises(ValueError, match="TargetDistribution"):
+        recon_loss(prepared, x, "mse")

@@ -30,10 +30,11 @@ def _yielded(cfg, adversary=None, values=None):
 
 
 def _adversarial(adversary="fresh", **kw):
-    """The adversarial loss of one step from deterministic sources (ones), no stochastic loss."""
-    cfg = VPDConfig(C=4, adversary=adversary, pgd_steps=1, pgd_init="ones", coeff_stochastic=0.0,
+    """The adversarial loss of one step from deterministic sources (zeros: masks = CI; all-ones
+    sources would start at the KL's minimum, where the exact gradient is 0), no stochastic loss."""
+    cfg = VPDConfig(C=4, adversary=adversary, pgd_steps=1, pgd_init="zeros", coeff_stochastic=0.0,
                     ppgd_inner_steps=1, **kw)
-    ps = (PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas, init="ones")
+    ps = (PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas, init="zeros")
           if adversary == "persistent" else None)
     values = {}
     _yielded(cfg, ps, values)

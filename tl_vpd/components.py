@@ -16,6 +16,8 @@ and all-ones masks give the target's output exactly (``m − m_Δ = 0``). Gradie
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import sys
 import warnings
@@ -63,6 +65,7 @@ class SiteComponents(nn.Module):
         U, V = _init(W.to(torch.float64).cpu(), C, init, generator)
         self.U = nn.Parameter(U.to(dtype=dtype, device=W.device))
         self.V = nn.Parameter(V.to(dtype=dtype, device=W.device))
+        self.compiled = False  # run masked_output through torch.compile (VPDConfig.compile)
 
     @property
     def d_out(self) -> int:
@@ -104,29 +107,14 @@ class SiteComponents(nn.Module):
         Returns:
             The masked output, shaped like ``out``.
         """
-        dtype = out.dtype
         # Under autocast the whole site computes in the autocast dtype (bf16): casting the
         # activations up to the parameters' dtype would only be undone by the next matmul.
         device = x.device.type
         cdt = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
                else self.V.dtype)
-        x = x.to(cdt)
-        md = None if delta_mask is None else delta_mask.to(cdt)
-        coef = mask.to(cdt) if md is None else mask.to(cdt) - md[..., None]
-        if md is None:
-            coef = coef - 1.0
-        if self.per_head_input:
-            h = x.shape[-2]
-            hidden = (x @ self.V.T) * coef.unsqueeze(-2)  # [*lead, h, C]
-            factor = torch.einsum("...hc,hdc->...hd", hidden, self.U.view(h, -1, self.C))
-            bias = 0.0 if self.bias is None else self.bias.view(h, -1).to(cdt)
-            scale = 1.0 if md is None else md[..., None, None]
-        else:
-            factor = ((x @ self.V.T) * coef) @ self.U.T
-            bias = 0.0 if self.bias is None else self.bias.to(cdt)
-            scale = 1.0 if md is None else md[..., None]
-        target_part = out.to(cdt) - bias
-        return (factor + scale * target_part + bias).to(dtype)
+        fn = _compiled_factorized() if self.compiled else _factorized
+        return fn(x, out, mask, delta_mask, self.V, self.U, self.bias, cdt,
+                  self.per_head_input, self.C)
 
     def materialized_output(
         self,
@@ -154,6 +142,48 @@ class SiteComponents(nn.Module):
     def extra_repr(self) -> str:
         heads = f", heads={self.n_heads}" if self.n_heads else ""
         return f"{self.name}: W[{self.d_out}, {self.d_in}], C={self.C}{heads}"
+
+
+def _factorized(x, out, mask, delta_mask, V, U, bias, cdt: torch.dtype, per_head: bool, C: int):
+    """The body of :meth:`SiteComponents.masked_output` (a pure function, so it can be compiled)."""
+    dtype = out.dtype
+    x = x.to(cdt)
+    md = None if delta_mask is None else delta_mask.to(cdt)
+    coef = mask.to(cdt) if md is None else mask.to(cdt) - md[..., None]
+    if md is None:
+        coef = coef - 1.0
+    if per_head:
+        h = x.shape[-2]
+        hidden = (x @ V.T.to(cdt)) * coef.unsqueeze(-2)  # [*lead, h, C]
+        factor = torch.einsum("...hc,hdc->...hd", hidden, U.to(cdt).view(h, -1, C))
+        bias = 0.0 if bias is None else bias.view(h, -1).to(cdt)
+        scale = 1.0 if md is None else md[..., None, None]
+    else:
+        factor = ((x @ V.T.to(cdt)) * coef) @ U.T.to(cdt)
+        bias = 0.0 if bias is None else bias.to(cdt)
+        scale = 1.0 if md is None else md[..., None]
+    target_part = out.to(cdt) - bias
+    return (factor + scale * target_part + bias).to(dtype)
+
+
+@contextlib.contextmanager
+def compiled_sites(components, enabled: bool = True):
+    """Inside the block, ``masked_output`` of ``components`` runs through ``torch.compile`` (the
+    training step with ``VPDConfig.compile``; evaluation and analysis stay eager)."""
+    components = list(components)
+    before = [c.compiled for c in components]
+    for c in components:
+        c.compiled = enabled
+    try:
+        yield
+    finally:
+        for c, b in zip(components, before):
+            c.compiled = b
+
+
+@functools.cache
+def _compiled_factorized():
+    return torch.compile(_factorized, dynamic=False)
 
 
 def warn_if_coarser(dtype: torch.dtype, sites: Sequence[Site]) -> None:

@@ -149,7 +149,7 @@ class VPDConfig:
     progress: bool = True  # library choice: show a tqdm progress bar
     dtype: DTypeName = SPEC_DEFAULTS["dtype"]
     autocast: AutocastKind = "auto"  # library choice: "auto" = bf16 autocast of the forwards for language models where bf16 matmuls are native (CUDA with bf16, CPUs with AVX-512-BF16/AMX; tl_vpd.precision), fp32 for toys; params and losses stay fp32
-    compile: bool = False  # library choice: torch.compile the fused CI-side kernels (tl_vpd.fused); off as the first step compiles for ~10 s
+    compile: bool = False  # library choice: torch.compile the fused CI-side kernels (tl_vpd.fused) and every site's masked output in the training step; off as the first step compiles for ~20-60 s
 
     def __post_init__(self) -> None:
         validate_fields(self, checks=FIELD_CHECKS, removed=_REMOVED_OPTIONS)

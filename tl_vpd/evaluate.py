@@ -35,7 +35,7 @@ from tl_vpd.data_stream import DataStream
 from tl_vpd.ci_stats import (CI_HIST_BINS, alive_count, ci_histogram, ci_histograms, ci_spectrum,
                              l0_tables)
 from tl_vpd.eval_pgd import AttackBatch, pgd_ladder, reference_losses
-from tl_vpd.losses import recon_loss
+from tl_vpd.losses import prepare_target, recon_loss
 from tl_vpd.masking import (
     delta_masks,
     masks_from_sources,
@@ -85,6 +85,7 @@ def pgd_recon(dec: Decomposition, batch: torch.Tensor, target: Float[torch.Tenso
     """
     step_size = 2.0 / max(n_steps, 1) if step_size is None else step_size
     ci = {k: v.detach() for k, v in ci.items()}
+    target = prepare_target(target, kind)  # one log_softmax for all n_steps + 1 passes
 
     def loss_fn(sources):
         masks, dmasks = masks_from_sources(ci, sources)

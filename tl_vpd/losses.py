@@ -23,6 +23,8 @@ from tl_vpd._typing import Float
 __all__ = [
     "faithfulness_loss",
     "kl_recon_loss",
+    "TargetDistribution",
+    "prepare_target",
     "mse_recon_loss",
     "recon_loss",
     "importance_minimality_loss",
@@ -72,6 +74,46 @@ def kl_recon_loss(
     return kl.sum(dim=-1).mean()
 
 
+class TargetDistribution:
+    """The target's output distribution, computed once per batch for every KL against it.
+
+    A training step compares several masked forwards with the same target (stochastic,
+    adversarial ascent steps, the outer adversarial pass); the target's ``log_softmax`` and
+    probabilities are the same for all of them. :func:`recon_loss` accepts this in place of the
+    target logits and then runs one fused node per KL (:class:`_KLToTarget`).
+    """
+
+    def __init__(self, target_logits: Float[Tensor, "*batch vocab"]):
+        self.logprobs = F.log_softmax(_upcast(target_logits.detach()), dim=-1)
+        self.probs = self.logprobs.exp()
+        self.shape = target_logits.shape
+
+
+class _KLToTarget(torch.autograd.Function):
+    """``mean_{b,t} Σ_v p_v (log p_v − log q_v)`` with ``q = softmax(x)``; backward ``(q − p) / n``
+    from the saved ``log q`` (the same value and gradient as :func:`kl_recon_loss`, fewer passes
+    over ``[tokens, vocab]``)."""
+
+    @staticmethod
+    def forward(ctx, x, logp, p):
+        logq = F.log_softmax(_upcast(x), dim=-1)
+        n = logq.numel() // logq.shape[-1]
+        kl = torch.dot(p.reshape(-1), (logp - logq).reshape(-1)) / n
+        ctx.save_for_backward(logq, p)
+        ctx.n, ctx.dtype = n, x.dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad):
+        logq, p = ctx.saved_tensors
+        return logq.exp_().sub_(p).mul_(grad / ctx.n).to(ctx.dtype), None, None
+
+
+def prepare_target(target: Tensor, kind: str) -> "Tensor | TargetDistribution":
+    """``target`` ready for repeated :func:`recon_loss` calls: its distribution for ``"kl"``."""
+    return TargetDistribution(target) if kind == "kl" else target
+
+
 def mse_recon_loss(
     target_out: Float[Tensor, "*shape"], masked_out: Float[Tensor, "*shape"]
 ) -> Float[Tensor, ""]:
@@ -89,14 +131,15 @@ def mse_recon_loss(
 
 
 def recon_loss(
-    target: Float[Tensor, "*shape"],
+    target: "Float[Tensor, '*shape'] | TargetDistribution",
     masked: Float[Tensor, "*shape"],
     kind: Literal["kl", "mse"],
 ) -> Float[Tensor, ""]:
     """Reconstruction distance `D(target, masked)` chosen by `kind`.
 
     Arguments:
-        target: target-model outputs (logits for `"kl"`).
+        target: target-model outputs (logits for `"kl"`), or for `"kl"` a
+            :class:`TargetDistribution` made once for many calls (:func:`prepare_target`).
         masked: masked-model outputs, same shape.
         kind: `"kl"` (`kl_recon_loss`) or `"mse"` (`mse_recon_loss`). Anything else raises;
             resolve the config's `"auto"` before calling.
@@ -104,6 +147,11 @@ def recon_loss(
     Returns:
         A scalar tensor.
     """
+    if isinstance(target, TargetDistribution):
+        if kind != "kl" or target.shape != masked.shape:
+            raise ValueError(f"a TargetDistribution is for kind 'kl' with logits shaped "
+                             f"{tuple(target.shape)} (got {kind!r}, {tuple(masked.shape)})")
+        return _KLToTarget.apply(masked, target.logprobs, target.probs)
     if kind == "kl":
         return kl_recon_loss(target, masked)
     if kind == "mse":

@@ -24,7 +24,8 @@ from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import Shard
 from tl_vpd.fused import firing_frequency, routed_masks
-from tl_vpd.losses import faithfulness_loss, minimality_from_frequencies, recon_loss
+from tl_vpd.losses import (faithfulness_loss, minimality_from_frequencies, prepare_target,
+                            recon_loss)
 from tl_vpd.masking import sample_routing, sample_sources, zero_delta_sources
 
 __all__ = ["step_losses"]
@@ -68,6 +69,7 @@ def step_losses(
         layerwise sites) is yielded once per draw with its share of the coefficient.
     """
     alpha = dec.spec.leaky_alpha
+    target = prepare_target(target, recon_kind)  # one log_softmax for every pass's KL
     device = next(iter(dec.components.values())).U.device
     lead = next(iter(pre.values())).shape[:-1]
 

@@ -26,6 +26,7 @@ from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
 
 from tl_vpd import checkpoint
 from tl_vpd.adversary import PersistentSources
+from tl_vpd.components import compiled_sites
 from tl_vpd.config import VPDConfig
 from tl_vpd.data_stream import DataStream
 from tl_vpd.decomposition import Decomposition
@@ -276,18 +277,19 @@ class Trainer:
         # elementwise math over every token and subcomponent, where bf16 would lose precision).
         pre = {k: v.detach().float().requires_grad_(True) for k, v in ci.pre.items()}
         drawn: dict[str, list[torch.Tensor]] = {}
-        for name, coeff, loss in step_losses(
-                cfg, dec, batch, target, pre, p=p, recon_kind=self.recon_kind,
-                generator=self.generator, shard=self.shard, adversary=self.adversary,
-                amp=self._amp):
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the {name} loss is {loss.item()} at step {self.step}; the decomposition "
-                    "keeps its last good state (this step is not applied)", dec, self.step)
-            if name == "faithfulness":
-                self._check_divergence(loss)
-            (coeff * loss).backward()  # frees this loss's graph before the next forward
-            drawn.setdefault(name, []).append(loss.detach())
+        with compiled_sites(dec.components.values(), cfg.compile):
+            for name, coeff, loss in step_losses(
+                    cfg, dec, batch, target, pre, p=p, recon_kind=self.recon_kind,
+                    generator=self.generator, shard=self.shard, adversary=self.adversary,
+                    amp=self._amp):
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the {name} loss is {loss.item()} at step {self.step}; the decomposition"
+                        " keeps its last good state (this step is not applied)", dec, self.step)
+                if name == "faithfulness":
+                    self._check_divergence(loss)
+                (coeff * loss).backward()  # frees this loss's graph before the next forward
+                drawn.setdefault(name, []).append(loss.detach())
         grads = [(ci.pre[k], pre[k].grad.to(ci.pre[k].dtype)) for k in pre if pre[k].grad is not None]
         if grads:
             torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
