@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from tl_vpd.adversary import init_sources
 from tl_vpd.losses import recon_loss
+from tl_vpd.precision import autocast_context, use_bf16
 from tl_vpd.masking import delta_masks, masks_from_sources, sample_sources, zero_masks
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def _loss(dec: Decomposition, a: AttackBatch, sources, kind: str) -> torch.Tenso
 
 def shared_pgd(dec: Decomposition, attacked: Sequence[AttackBatch], n_steps: int, *,
                step_size: float | None = None, kind: str = "kl", init: str = "random",
-               generator: torch.Generator | None = None, bar=None) -> float:
+               generator: torch.Generator | None = None, bar=None, autocast: str = "auto") -> float:
     """The mean reconstruction loss over ``attacked`` under one PGD attack whose sources are
     shared across all of its tokens.
 
@@ -65,6 +66,9 @@ def shared_pgd(dec: Decomposition, attacked: Sequence[AttackBatch], n_steps: int
         init: the sources' start, ``random`` (U(0, 1)), ``ones`` or ``zeros``.
         generator: draws a random start.
         bar: a progress bar advanced once per step (optional).
+        autocast: precision of the search's forward passes (:mod:`tl_vpd.precision`; ``"auto"``:
+            bf16 for language models where native). Only the gradient's sign steers the ascent;
+            the reported loss at the final sources is always computed in the model's precision.
 
     Returns:
         The token-weighted mean loss over ``attacked`` at the final sources.
@@ -72,13 +76,16 @@ def shared_pgd(dec: Decomposition, attacked: Sequence[AttackBatch], n_steps: int
     step_size = 2.0 / max(n_steps, 1) if step_size is None else step_size
     weights = _weights(attacked)
     sources = init_sources(attacked[0].ci, "shared", init, generator)
+    device = attacked[0].target.device
+    amp = use_bf16(autocast, device, language_model=kind == "kl")
     for _ in range(n_steps):
         leaves = {k: v.detach().requires_grad_(True) for k, v in sources.items()}
         grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
         with torch.enable_grad():
             for w, a in zip(weights, attacked):  # one batch's graph at a time
-                step_grads = torch.autograd.grad(w * _loss(dec, a, leaves, kind),
-                                                 list(leaves.values()))
+                with autocast_context(device, amp):
+                    loss = w * _loss(dec, a, leaves, kind)
+                step_grads = torch.autograd.grad(loss, list(leaves.values()))
                 for k, g in zip(leaves, step_grads):
                     grads[k] += g
         with torch.no_grad():
@@ -92,7 +99,7 @@ def shared_pgd(dec: Decomposition, attacked: Sequence[AttackBatch], n_steps: int
 
 def pgd_ladder(dec: Decomposition, attacked: Sequence[AttackBatch], steps: Sequence[int], *,
                restarts: int = 3, kind: str = "kl", generator: torch.Generator | None = None,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, autocast: str = "auto") -> list[dict]:
     """:func:`shared_pgd` for each step count, from ``restarts`` random starts each.
 
     Arguments:
@@ -103,6 +110,7 @@ def pgd_ladder(dec: Decomposition, attacked: Sequence[AttackBatch], steps: Seque
         kind: ``"kl"`` or ``"mse"``: also the key of the loss in the rows.
         generator: draws the random starts.
         progress: show a progress bar over all attack steps.
+        autocast: the search's precision (see :func:`shared_pgd`).
 
     Returns:
         One row per step count: ``pgd_steps``, ``{kind}`` (mean over restarts),
@@ -115,8 +123,8 @@ def pgd_ladder(dec: Decomposition, attacked: Sequence[AttackBatch], steps: Seque
     rows = []
     try:
         for n in steps:
-            found = [shared_pgd(dec, attacked, int(n), kind=kind, generator=generator, bar=bar)
-                     for _ in range(restarts)]
+            found = [shared_pgd(dec, attacked, int(n), kind=kind, generator=generator, bar=bar,
+                                autocast=autocast) for _ in range(restarts)]
             rows.append({"pgd_steps": int(n), kind: sum(found) / len(found),
                          f"{kind}_max": max(found), f"{kind}_min": min(found),
                          f"{kind}_restarts": found})
