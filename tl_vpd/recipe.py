@@ -1,7 +1,7 @@
 """The per-step loss recipe: which losses a training step computes, and how each samples masks.
 
 :func:`step_losses` yields ``(name, coeff, loss)`` one loss at a time, in a fixed order
-(faithfulness, minimality, stochastic × ``n_mask_samples``, layerwise × sites, adversarial). The
+(faithfulness, minimality, stochastic × ``n_mask_samples``, layerwise, adversarial). The
 trainer backpropagates ``coeff · loss`` before asking for the next one, so each loss's graph is
 freed before the next forward pass; the CI pre-activations ``pre`` are a leaf (cut from the CI
 network by the trainer), each loss builds its own leaky views of them, and the CI network gets
@@ -24,6 +24,7 @@ from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
 from tl_vpd.distributed import Shard
 from tl_vpd.fused import firing_frequency, routed_masks
+from tl_vpd.layerwise import stacked_layerwise_output
 from tl_vpd.losses import (faithfulness_loss, minimality_from_frequencies, prepare_target,
                             recon_loss)
 from tl_vpd.masking import sample_routing, sample_sources, zero_delta_sources
@@ -66,10 +67,12 @@ def step_losses(
 
     Yields:
         ``(name, coeff, loss)``; a loss drawn several times per step (stochastic samples,
-        layerwise sites) is yielded once per draw with its share of the coefficient.
+        layerwise sites) is yielded once per draw with its share of the coefficient, except
+        the layerwise loss of a small model, yielded once for all sites
+        (:mod:`tl_vpd.layerwise`).
     """
     alpha = dec.spec.leaky_alpha
-    target = prepare_target(target, recon_kind)  # one log_softmax for every pass's KL
+    raw_target, target = target, prepare_target(target, recon_kind)  # one log_softmax for every pass's KL
     device = next(iter(dec.components.values())).U.device
     lead = next(iter(pre.values())).shape[:-1]
 
@@ -110,9 +113,20 @@ def step_losses(
             yield ("stochastic", cfg.coeff_stochastic / cfg.n_mask_samples,
                    recon(*masks(src, routing())))
     if cfg.coeff_layerwise > 0:  # SPD: one forward per site, that site alone masked
-        for site in dec.sites:
-            yield ("layerwise", cfg.coeff_layerwise / len(dec.sites),
-                   recon(*masks(sources([site]), None, [site])))
+        if dec.backend.language_model:  # one pass per site: the stacked batch would be n× wider
+            for site in dec.sites:
+                yield ("layerwise", cfg.coeff_layerwise / len(dec.sites),
+                       recon(*masks(sources([site]), None, [site])))
+        else:  # small models: every site's pass in one stacked forward (the same draws)
+            ms, dms = {}, {}
+            for site in dec.sites:
+                m, dm = masks(sources([site]), None, [site])
+                ms.update(m)
+                dms.update(dm)
+            with amp():
+                out = stacked_layerwise_output(dec, batch, ms, dms)
+            stacked_target = raw_target.repeat(len(dec.sites), *([1] * (raw_target.dim() - 1)))
+            yield ("layerwise", cfg.coeff_layerwise, recon_loss(stacked_target, out, recon_kind))
     if cfg.adversary != "none":
         # "same": routed like the stochastic loss (VPD paper); "all": every site masked, as the
         # evaluation's PGD attacks (a deviation from the paper), in the ascent and the outer pass.

@@ -8,6 +8,7 @@ exactly like transformer sites (same masks, same components, same checks).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ class HookPointBackend(Backend):
     supports_hooked_view = False
     supports_attribution = False
 
+    def __init__(self):
+        self._points: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
         return callable(getattr(model, "vpd_sites", None))
@@ -61,13 +65,23 @@ class HookPointBackend(Backend):
         return sites
 
     def _install(self, model: nn.Module, session: HookSession) -> list:
-        specs = {spec.name: spec for spec in model.vpd_sites()}
-        modules = dict(model.named_modules())
+        points = self._hook_points(model)
         handles = []
         for name in session.sites:
-            spec = specs[name]
-            handles.append(modules[spec.input_hook].register_forward_hook(
+            hook_in, hook_out = points[name]
+            handles.append(hook_in.register_forward_hook(
                 lambda m, a, out, name=name: session.capture(name, out)))
-            handles.append(modules[spec.output_hook].register_forward_hook(
+            handles.append(hook_out.register_forward_hook(
                 lambda m, a, out, name=name: session.replace(name, out)))
         return handles
+
+    def _hook_points(self, model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
+        """``{site: (input hook point, output hook point)}``, looked up once per model: a
+        toy's masked forward costs less than walking its module tree every pass."""
+        cached = self._points.get(model)
+        if cached is None:
+            modules = dict(model.named_modules())
+            cached = {spec.name: (modules[spec.input_hook], modules[spec.output_hook])
+                      for spec in model.vpd_sites()}
+            self._points[model] = cached
+        return cached
