@@ -72,7 +72,8 @@ def step_losses(
         (:mod:`tl_vpd.layerwise`).
     """
     alpha = dec.spec.leaky_alpha
-    raw_target, target = target, prepare_target(target, recon_kind)  # one log_softmax for every pass's KL
+    # One log_softmax of the target for every pass's KL (the raw one for stacked toys).
+    raw_target, target = target, prepare_target(target, recon_kind)
     device = next(iter(dec.components.values())).U.device
     lead = next(iter(pre.values())).shape[:-1]
 
@@ -125,7 +126,8 @@ def step_losses(
                 dms.update(dm)
             with amp():
                 out = stacked_layerwise_output(dec, batch, ms, dms)
-            stacked_target = raw_target.repeat(len(dec.sites), *([1] * (raw_target.dim() - 1)))
+            stacked_target = raw_target.repeat(len(dec.sites),
+                                               *([1] * (raw_target.dim() - 1)))
             yield ("layerwise", cfg.coeff_layerwise, recon_loss(stacked_target, out, recon_kind))
     if cfg.adversary != "none":
         # "same": routed like the stochastic loss (VPD paper); "all": every site masked, as the
