@@ -7,7 +7,8 @@ d_model 128, 4 heads, d_mlp 512, vocab 4096, n_ctx 128; all 28 matrices decompos
 batch 8 × 128 tokens; shared-MLP CI (64 hidden); uniform-k-subset routing.
 
 Rows: the target's own fp32 forward + backward, then stochastic-only, + fresh PGD-20 and
-+ persistent PGD (2 inner steps), each in fp32 (``autocast="none"``) and in the default precision.
++ persistent PGD (2 inner steps), each in fp32 (``autocast="none"``), in the default precision,
+and in the default precision with ``compile=True`` (the first steps, which compile, are warm-up).
 Each row runs in its own process (so peak RSS is its own) and the rows are run in two interleaved
 rounds (median kept). "× floor" is s/step over the arithmetic floor: the step's matmul FLOPs
 (target forward + masked forward and backward per masked pass) at the matmul rate this machine
@@ -64,6 +65,8 @@ def matmul_rate(dtype: torch.dtype) -> float:
 
 
 def run_row(name: str, autocast: str, B: int, T: int, C: int, reps: int) -> dict:
+    compile_ = autocast.endswith("+compile")
+    autocast = autocast.removesuffix("+compile")
     import tl_vpd
 
     model = gated_model()
@@ -75,9 +78,10 @@ def run_row(name: str, autocast: str, B: int, T: int, C: int, reps: int) -> dict
         t = timeit(lambda: model(toks[:B], return_type="loss").backward(), reps)
         return {"s": t, "rss": peak_rss_gib()}
     cfg = tl_vpd.VPDConfig(C=C, batch_size=B, seq_len=T, steps=1000, progress=False,
-                           faithfulness_warmup_steps=0, autocast=autocast, **ADVERSARY[name])
+                           faithfulness_warmup_steps=0, autocast=autocast, compile=compile_,
+                           **ADVERSARY[name])
     trainer = tl_vpd.Trainer(model, cfg, toks)
-    t = timeit(lambda: trainer.train_step(trainer.stream.next()), reps)
+    t = timeit(lambda: trainer.train_step(trainer.stream.next()), reps, warmup=2 if compile_ else 1)
     return {"s": t, "rss": peak_rss_gib()}
 
 
@@ -100,7 +104,8 @@ def main():
 
     default = tl_vpd.VPDConfig().autocast
     B, T, C, reps, rounds = (2, 32, 64, 1, 1) if args.quick else (8, 128, 512, 3, 2)
-    rows = [("target fwd+bwd", "none")] + [(n, a) for n in ADVERSARY for a in ("none", default)]
+    kinds = ("none", default, f"{default}+compile")
+    rows = [("target fwd+bwd", "none")] + [(n, a) for n in ADVERSARY for a in kinds]
     results = {r: [] for r in rows}
     t0 = time.time()
     for _ in range(rounds):  # interleaved rounds: load from elsewhere hits every row alike
@@ -111,20 +116,22 @@ def main():
     model = gated_model()
     fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
     rate = {"none": fp32, "bfloat16": bf16, "auto": bf16}  # "auto" is bf16 on a language model
+    rate.update({f"{k}+compile": v for k, v in rate.items()})
     print(f"machine: {machine()}; B={B}, T={T}, C={C} per site, 28 sites, shared_mlp CI; "
           f"matmul rate fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
     base = res[("target fwd+bwd", "none")]["s"]
-    print(f"{'mode':<28}{'autocast':>10}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
+    print(f"{'mode':<28}{'autocast':>14}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
           f"{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")
     for (name, ac), r in res.items():
         stoch = res.get(("stochastic only", ac), r)["s"]
         fl = step_flops(model, C, B, T, PASSES.get(name, 0)) if name in PASSES else None
         floor = "" if fl is None else f"{r['s'] / (fl / rate[ac]):>9.1f}"
         gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
-        print(f"{name:<28}{ac:>10}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
+        print(f"{name:<28}{ac:>14}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
               f"{r['s'] / stoch:>9.2f}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
-    p = res[("+ persistent PGD (2 inner)", default)]["s"] / res[("stochastic only", default)]["s"]
-    print(f"persistent PGD (2 inner) / stochastic-only, {default}: {p:.2f} (target ≤ 1.5)")
+    for k in kinds[1:]:
+        p = res[("+ persistent PGD (2 inner)", k)]["s"] / res[("stochastic only", k)]["s"]
+        print(f"persistent PGD (2 inner) / stochastic-only, {k}: {p:.2f} (target ≤ 1.5)")
     if not args.no_scaling:
         print(f"\nlinearity ({default}, stochastic only; time ÷ base should track the factor):")
         print(f"{'B·T':>8}{'C':>6}{'s/step':>9}{'× base':>8}")
