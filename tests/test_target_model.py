@@ -81,3 +81,19 @@ def test_bridge_twin_of_the_target_is_the_same_function(cfg):
     with torch.no_grad():
         ref = model(toks)
         assert (twin(toks) - ref).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
+
+
+@pytest.mark.skipif(not HAS_HOOKED_TRANSFORMER, reason="needs both model classes (TL < 4)")
+def test_decomposition_of_one_class_is_refused_on_the_other(cfg, tmp_path):
+    """A decomposition saved on the HookedTransformer target does not load onto its bridge twin
+    (the same function, weights moved by load_weights): the error names both backends and what
+    to do, before any fingerprint comparison could call the weights different."""
+    from bridge_zoo import native_twin
+
+    model = build_model(cfg).eval()
+    twin = native_twin(model)
+    path = tl_vpd.Decomposition.from_model(model, C=4).save(tmp_path / "dec")
+    with pytest.raises(ValueError, match="saved on a model of the 'hooked_transformer' backend.*"
+                                         "'transformer_bridge' model.*load_weights"):
+        tl_vpd.load(path, twin)
+    assert tl_vpd.load(path, model).sites  # the saved class still loads it

@@ -8,8 +8,9 @@ problem with a ``ValueError`` (``FileNotFoundError`` for a missing file) that na
 2. the safetensors *headers* (shapes and dtypes only, no data): exactly the expected tensors, of
    the expected shapes, in floating dtypes; the CI function's expected shapes come from building
    it on the ``meta`` device, so a spec claiming ``C=1e9`` allocates nothing;
-3. the model: it has the saved sites with the saved shapes, and its weights (every parameter from
-   format version 2) match the saved fingerprints; the saved config agrees with the spec;
+3. the model: it is of the saved backend (HookedTransformer, TransformerBridge, ...), it has the
+   saved sites with the saved shapes, and its weights (every parameter from format version 2)
+   match the saved fingerprints; the saved config agrees with the spec;
 4. the tensor data: every value finite.
 
 Only then does the loader allocate the decomposition and copy the tensors in, so a refused file
@@ -86,7 +87,9 @@ def read_checked(path: str | Path, model: nn.Module) -> CheckedContents:
     spec, shapes = _check_metadata(meta, meta_file)
     _check_header(io.read_header(comp_file), _component_shapes(shapes), comp_file)
     _check_header(io.read_header(ci_file), _ci_shapes(spec, shapes, meta_file), ci_file)
-    found = {s.name: s for s in get_backend(model).find_sites(model)}
+    backend = get_backend(model)
+    _check_backend(meta.get("backend"), backend.name, model, meta_file)
+    found = {s.name: s for s in backend.find_sites(model)}
     _check_sites(found, spec, shapes, meta_file)
     _check_identity(meta, found, model, meta_file)
     config = _check_config(meta.get("config"), spec, found, meta_file)
@@ -227,6 +230,19 @@ def _check_finite(tensors: Mapping[str, torch.Tensor], file: Path) -> None:
 
 
 # ------------------------------------------------------------------ the model
+def _check_backend(saved: str | None, now: str, model: nn.Module, file: Path) -> None:
+    """Refuse a model of another family than the saved target's (e.g. a TransformerBridge for a
+    decomposition of a HookedTransformer): the fingerprints name parameters in the saved
+    family's layout, and the bridge permutes rotary query/key dimensions (tl_vpd.target_model),
+    so even the same weights would not be recognised."""
+    if saved is not None and saved != now:
+        raise ValueError(f"{file} was saved on a model of the {saved!r} backend; this "
+                         f"{type(model).__name__} is a {now!r} model. Loading across backends is "
+                         f"not supported: load it onto a {saved} model of the same weights "
+                         "(tl_vpd.target_model.load_weights moves the target's weights between "
+                         "HookedTransformer and TransformerBridge), or decompose this model")
+
+
 def _check_sites(found: Mapping[str, Site], spec: DecompositionSpec,
                  shapes: Mapping[str, tuple[int, int, int]], file: Path) -> None:
     missing = [n for n in spec.sites if n not in found]
