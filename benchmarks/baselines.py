@@ -55,21 +55,6 @@ SIZES = {
 }
 
 
-def train_target_model(size: dict, cache_dir: str | None):
-    """The target and its corpus (as ``benchmarks/sweep.py`` builds them)."""
-    from tl_vpd.data import default_corpus
-    from tl_vpd.target import target_config, train_target
-
-    corpus = default_corpus(seq_len=size["seq_len"], vocab_size=size["vocab"],
-                            max_bytes=size["max_bytes"], cache_dir=cache_dir)
-    cfg = target_config(corpus.vocab_size, d_model=size["d_model"], n_layers=2, n_heads=4,
-                        d_mlp=size["d_mlp"], n_ctx=size["seq_len"])
-    run = train_target(cfg, corpus.train, corpus.val, steps=size["target_steps"], batch_size=32,
-                       lr=5e-3, warmup_steps=20, eval_every=max(1, size["target_steps"] // 8),
-                       eval_batches=4, progress=False)
-    return corpus, run
-
-
 def vpd_config(size: dict, C: int) -> tl_vpd.VPDConfig:
     """The quick_vpd.yaml recipe on the MLP matrices, at ``C`` subcomponents per matrix."""
     return tl_vpd.VPDConfig.from_file(packaged_config("quick_vpd.yaml")).replace(
@@ -211,7 +196,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     size = SIZES["quick" if args.quick else "full"]
     t = time.perf_counter()
-    corpus, run = train_target_model(size, args.cache_dir)
+    from sweep import train_tiny_target  # the sweep's target and corpus (run as a script)
+
+    corpus, run = train_tiny_target(size, args.cache_dir)
     print(f"target: val CE {run.curve[0]['val_ce']:.3f} -> {run.curve[-1]['val_ce']:.3f} "
           f"({time.perf_counter() - t:.0f} s)", flush=True)
     result = compare(run.model, corpus.train, corpus.val, size,

@@ -19,14 +19,6 @@ from model_zoo import corpus, make_model, small_cfg
 EVAL_KEYS = {"eval/l0", "eval/alive", "eval/stochastic_kl", "eval/pgd_kl"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def eval_data():
     return corpus(8, seed=3)  # = eval_batches × batch_size rows: every eval sees all of them
