@@ -326,3 +326,20 @@ def test_attribution_embedding_edge_is_the_activation():
             assert g.edge(nd.pos, i) == pytest.approx(nd.act, rel=1e-4, abs=1e-5)
             checked += 1
     assert checked >= 8
+
+
+def test_clustering_pruning_and_dataset_attributions_run(llama):
+    """The MDL clustering, post-hoc CI pruning and dataset attributions run on a bridge
+    decomposition and return results of the right shape (both TransformerLens versions)."""
+    model, dec = llama
+    toks = bridge_tokens(4, 12)
+    cl = A.cluster_subcomponents(dec, toks, progress=False, seed=0)
+    clustered = [m for g in cl.groups for m in g] + list(cl.dead)
+    assert sorted(clustered) == sorted((s, c) for s in dec.sites for c in range(dec.components[s].C))
+    pruned = A.optimize_ci(dec, toks[0], position=-1, steps=3, progress=False)
+    assert set(pruned.ci) == set(dec.sites) and "PrunedCI" in repr(pruned)
+    g = A.pruned_attribution_graph(dec, toks[0], position=-1, steps=3, progress=False)
+    assert g.nodes[-1].kind == "output" and g.pruning is not None
+    da = A.dataset_attributions(dec, toks[:2], progress=False,
+                                targets=["blocks.1.attn.W_O"])
+    assert "DatasetAttributions" in repr(da)
