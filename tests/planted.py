@@ -76,6 +76,17 @@ def planted_model(dtype=torch.float32):
     return model
 
 
+def threshold_ci(ci):
+    """Set a per-site MLP CI function (hidden 1) to g_c = clamp(0.2 gelu(10 (v_c·x) − 5)): 1 where
+    v_c·x = 1, 0 where it is 0 (call under ``torch.no_grad()``); returns ``ci``."""
+    for i in range(len(ci.site_names)):
+        ci.w1[i].fill_(10.0)
+        ci.b1[i].fill_(-5.0)
+        ci.w2[i].fill_(0.2)
+        ci.b2[i].zero_()
+    return ci
+
+
 def planted_decomposition(model):
     dtype = "float64" if model.cfg.dtype == torch.float64 else "float32"
     dec = tl_vpd.Decomposition.from_model(model, C=4, ci_fn="mlp", ci_hidden=1, init="svd", dtype=dtype)
@@ -90,12 +101,8 @@ def planted_decomposition(model):
             V[2:, 3:] = torch.randn(2, 13, generator=torch.Generator().manual_seed(5))  # unused
             comp.U.copy_(U)
             comp.V.copy_(V)
-        ci = dec.ci_fn  # g_c = clamp(0.2 gelu(10 (v_c·x) - 5)): 1 where v_c·x = 1, 0 where 0
+        ci = threshold_ci(dec.ci_fn)
         for i, site in enumerate(ci.site_names):
-            ci.w1[i].fill_(10.0)
-            ci.b1[i].fill_(-5.0)
-            ci.w2[i].fill_(0.2)
-            ci.b2[i].zero_()
             if site in (QS, KS):
                 ci.w2[i][2:] = 0.0  # the unused subcomponents never fire
     for site in (QS, KS):

@@ -26,6 +26,8 @@ if not HAS_HOOKED_TRANSFORMER:
     pytest.skip("the planted target is a HookedTransformer (TransformerLens < 4 only)",
                 allow_module_level=True)
 
+from planted import threshold_ci  # noqa: E402  (after the TL-4 skip)
+
 N_TOK, C = 6, 12
 QS, KS, VS, OS = (f"blocks.0.attn.{w}" for w in ("W_Q", "W_K", "W_V", "W_O"))
 
@@ -80,12 +82,8 @@ def copy_decomposition(model):
         comps[VS].V.copy_(V)
         comps[OS].U.copy_(Uo)
         comps[OS].V.copy_(Vo)
-        ci = dec.ci_fn  # g_c = clamp(0.2 gelu(10 (v_c·x) - 5)): 1 where v_c·x = 1, 0 where 0
+        ci = threshold_ci(dec.ci_fn)  # 1 where v_c·x = 1, 0 where it is 0
         for j, site in enumerate(ci.site_names):
-            ci.w1[j].fill_(10.0)
-            ci.b1[j].fill_(-5.0)
-            ci.w2[j].fill_(0.2)
-            ci.b2[j].zero_()
             if site in (QS, KS):
                 ci.w2[j][1:] = 0.0  # the empty pieces never fire
             if site == OS:
