@@ -4,6 +4,15 @@ trained in-process; prints a Pareto table and writes it as markdown and JSON.
     python benchmarks/sweep.py --quick --out sweep.md          # 3 points, a few minutes on CPU
     python benchmarks/sweep.py --out sweep.md                  # the full grid (hours on CPU)
     python benchmarks/sweep.py --out s.md --grid '{"ppgd_lr": [0.01, 0.1]}' --seeds 2
+    python benchmarks/sweep.py --target-run runs/main --grid '{"coeff_minimality": [3e-4]}' --out s.md
+    python benchmarks/sweep.py --from-runs runs/main runs/sw1 --out s.md   # tabulate finished runs
+
+``--target-run RUN`` sweeps on the default main job's target (``RUN/target``, as ``tl-vpd main``
+trained it) from the packaged ``vpd.yaml``, evaluated as ``tl-vpd main`` evaluates (8,192 tokens, 3
+restarts) with the ladder 5-20. ``--from-runs`` builds the table from run directories that
+``tl-vpd decompose`` + ``tl-vpd evaluate`` (or ``tl-vpd main``) already finished — e.g. points run
+as separate one-thread processes side by side — reading each run's ``eval.json`` and its
+``decomp/config.yaml`` (the point = the fields that differ from the packaged ``vpd.yaml``).
 
 Target: a 2-layer LLaMA-style model (RMSNorm, rotary, GELU MLP) trained on the standard-library
 corpus (:func:`tl_vpd.data.default_corpus`). Each grid point is a VPD run whose config is the
@@ -29,6 +38,8 @@ import torch
 import tl_vpd
 from tl_vpd.data import default_corpus
 from tl_vpd.evaluate import evaluate
+from tl_vpd.pipeline import load_target_stage, packaged_config
+from tl_vpd.report import EvalReport
 from tl_vpd.target import target_config, train_target
 
 # The grid of the full sweep: every combination.
@@ -53,6 +64,8 @@ SIZES = {  # target, corpus, decomposition and evaluation sizes of each mode
     "full": dict(seq_len=64, vocab=1024, max_bytes=2_000_000, d_model=64, d_mlp=256,
                  target_steps=400, C=64, steps=1000, batch_size=8, pgd_tokens=8192, restarts=3,
                  pgd_steps=(10, 20, 40)),
+    # --target-run: the main job's evaluation sizes (tl-vpd main's defaults), ladder up to 20
+    "main": dict(pgd_tokens=8192, restarts=3, pgd_steps=(5, 10, 20), n_batches=8, eval_batch=16),
 }
 
 
@@ -69,7 +82,11 @@ def train_tiny_target(size: dict, cache_dir: str | None):
 
 
 def base_config(size: dict) -> tl_vpd.VPDConfig:
-    """The config every point starts from (the quick_vpd.yaml recipe at this size)."""
+    """The config every point starts from: the packaged vpd.yaml for ``--target-run``, else the
+    quick_vpd.yaml recipe at this size."""
+    if "C" not in size:
+        return tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).replace(
+            log_every=0, progress=False)
     return tl_vpd.VPDConfig(C=size["C"], steps=size["steps"], batch_size=size["batch_size"],
                             seq_len=size["seq_len"], lr=2e-3, coeff_faithfulness=1e4,
                             faithfulness_warmup_steps=200, log_every=0, progress=False)
@@ -87,21 +104,51 @@ def run_point(point: dict, seed: int, corpus, run, size: dict) -> dict:
     t = time.perf_counter()
     dec = tl_vpd.decompose(run.model, cfg, corpus.train)
     train_s = time.perf_counter() - t
-    rep = evaluate(dec, corpus.val, n_batches=4, batch_size=16, pgd_steps=size["pgd_steps"],
+    rep = evaluate(dec, corpus.val, n_batches=size.get("n_batches", 4),
+                   batch_size=size.get("eval_batch", 16), pgd_steps=size["pgd_steps"],
                    pgd_tokens=size["pgd_tokens"], pgd_restarts=size["restarts"],
                    target_curve=run.curve, seed=seed, progress=False)
+    return report_row(rep, point, seed, train_s, time.perf_counter() - t - train_s)
+
+
+def report_row(rep: EvalReport, point: dict, seed: int, train_s: float | None,
+               eval_s: float | None) -> dict:
+    """The table's numbers from one evaluation report."""
     pgd = rep.pgd(20)
     return {
         "point": point, "seed": seed,
         "l0": rep.total["l0"], "alive": rep.total["alive"], "l0_per_alive": rep.total["l0_per_alive"],
+        "alive_per_C": rep.total["alive"] / rep.total["C"],
+        "pgd20_max_per_stochastic": pgd["per_stochastic_max"],
+        "ce_recovered_unmasked": rep.row("unmasked")["ce_recovered"],
         "pgd20_per_stochastic": pgd["per_stochastic"], "pgd20_per_zero": pgd["per_zero"],
         "pgd20_max_per_zero": pgd["per_zero_max"], "pgd20_kl": pgd["kl"],
         "stochastic_kl": rep.row("stochastic")["kl"],
         "ce_recovered_stochastic": rep.row("stochastic")["ce_recovered"],
         "ce_recovered_rounded": rep.row("rounded CI > 0")["ce_recovered"],
-        "train_s": train_s, "eval_s": time.perf_counter() - t - train_s,
+        "train_s": train_s, "eval_s": eval_s,
         "adversarial": rep.adversarial, "adversarial_reference": rep.adversarial_reference,
     }
+
+
+def rows_from_runs(run_dirs: list[str]) -> list[dict]:
+    """Rows of finished runs: each run's ``eval.json``, its point = the fields of
+    ``decomp/config.yaml`` that differ from the packaged ``vpd.yaml``; ``train s`` from the run's
+    record of its decomposition time where it kept one."""
+    base = tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).to_dict()
+    rows = []
+    for d in map(Path, run_dirs):
+        report, cfg_path = d / "eval.json", d / "decomp" / "config.yaml"
+        for f in (report, cfg_path):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing: --from-runs needs runs that "
+                                        "`tl-vpd decompose` and `tl-vpd evaluate` finished")
+        cfg = tl_vpd.VPDConfig.from_file(cfg_path).to_dict()
+        ignore = {"progress", "log_every", "eval_every", "checkpoint_every"}
+        point = {k: v for k, v in cfg.items() if k not in ignore and base.get(k) != v}
+        rows.append(report_row(EvalReport.from_json(report), point, cfg["seed"], None, None))
+        rows[-1]["run"] = str(d)
+    return rows
 
 
 def mark_pareto(rows: list[dict]) -> None:
@@ -118,7 +165,8 @@ def mark_pareto(rows: list[dict]) -> None:
 
 
 COLUMNS = [("pareto", "Pareto"), ("config", "config (changes from the base)"), ("seed", "seed"),
-           ("l0", "L0"), ("l0_per_alive", "L0/alive"), ("pgd20_per_stochastic", "PGD-20 ÷ stoch."),
+           ("l0", "L0"), ("l0_per_alive", "L0/alive"), ("alive_per_C", "alive/C"),
+           ("pgd20_per_stochastic", "PGD-20 ÷ stoch."), ("pgd20_max_per_stochastic", "max ÷ stoch."),
            ("pgd20_per_zero", "PGD-20 ÷ zero"), ("pgd20_max_per_zero", "max PGD-20 ÷ zero"),
            ("stochastic_kl", "stoch. KL"), ("ce_recovered_stochastic", "CE rec. (stoch.)"),
            ("ce_recovered_rounded", "CE rec. (CI>0)"), ("train_s", "train s")]
@@ -132,6 +180,8 @@ def _cell(key: str, row: dict) -> str:
     v = row[key]
     if v is None:
         return "—"
+    if isinstance(v, bool):
+        return str(v)
     if key.startswith("ce_recovered"):
         return f"{100 * v:.1f}%"
     if isinstance(v, int):
@@ -151,6 +201,8 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 points on a smaller target")
+    p.add_argument("--target-run", help="sweep on RUN/target (the main job's) from vpd.yaml")
+    p.add_argument("--from-runs", nargs="+", metavar="RUN", help="tabulate finished runs")
     p.add_argument("--out", required=True, help="where the table goes (.md; the JSON beside it)")
     p.add_argument("--grid", help="JSON {field: [values]} replacing the grid (its product)")
     p.add_argument("--seeds", type=int, default=1, help="decomposition seeds per point")
@@ -160,38 +212,50 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = dict(SIZES["quick" if args.quick else "full"])
-    if args.steps:
-        size["steps"] = args.steps
-    points = (grid_points(json.loads(args.grid)) if args.grid
-              else QUICK_POINTS if args.quick else grid_points(FULL_GRID))
-    for point in points:  # fail before any training on a mistyped field or value
-        base_config(size).replace(**point)
-    t = time.perf_counter()
-    corpus, run = train_tiny_target(size, args.cache_dir)
-    print(f"target: val CE {run.curve[0]['val_ce']:.3f} -> {run.curve[-1]['val_ce']:.3f} "
-          f"({time.perf_counter() - t:.0f} s); {len(points)} point(s) × {args.seeds} seed(s)",
-          flush=True)
-    rows = []
-    for i, point in enumerate(points):
-        for seed in range(args.seeds):
-            rows.append(run_point(point, seed, corpus, run, size))
-            r = rows[-1]
-            print(f"[{i + 1}/{len(points)} seed {seed}] {point or '(base)'}: L0/alive "
-                  f"{r['l0_per_alive']:.3g}, PGD-20 ÷ zero {r['pgd20_per_zero']:.3g}, "
-                  f"÷ stoch. {r['pgd20_per_stochastic']:.3g} ({r['train_s']:.0f} + "
-                  f"{r['eval_s']:.0f} s)", flush=True)
+    mode = ("runs" if args.from_runs else "main" if args.target_run
+            else "quick" if args.quick else "full")
+    size = dict(SIZES.get(mode, {}))
+    if mode == "runs":
+        rows = rows_from_runs(args.from_runs)
+        base = tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).to_dict()
+    else:
+        if args.steps:
+            size["steps"] = args.steps
+        points = (grid_points(json.loads(args.grid)) if args.grid
+                  else QUICK_POINTS if args.quick else grid_points(FULL_GRID))
+        steps = {"steps": args.steps} if args.steps and mode == "main" else {}
+        points = [{**steps, **pt} for pt in points]
+        for point in points:  # fail before any training on a mistyped field or value
+            base_config(size).replace(**point)
+        t = time.perf_counter()
+        if mode == "main":
+            model, corpus, curve = load_target_stage(Path(args.target_run) / "target")
+            run = argparse.Namespace(model=model, curve=curve)
+        else:
+            corpus, run = train_tiny_target(size, args.cache_dir)
+        print(f"target: val CE {run.curve[0]['val_ce']:.3f} -> {run.curve[-1]['val_ce']:.3f} "
+              f"({time.perf_counter() - t:.0f} s); {len(points)} point(s) × {args.seeds} seed(s)",
+              flush=True)
+        rows = []
+        for i, point in enumerate(points):
+            for seed in range(args.seeds):
+                rows.append(run_point(point, seed, corpus, run, size))
+                r = rows[-1]
+                print(f"[{i + 1}/{len(points)} seed {seed}] {point or '(base)'}: L0/alive "
+                      f"{r['l0_per_alive']:.3g}, PGD-20 ÷ zero {r['pgd20_per_zero']:.3g}, "
+                      f"÷ stoch. {r['pgd20_per_stochastic']:.3g} ({r['train_s']:.0f} + "
+                      f"{r['eval_s']:.0f} s)", flush=True)
+        base = base_config(size).to_dict()
     mark_pareto(rows)
     table = markdown_table(rows)
     print("\n" + table)
     out = Path(args.out)
     md, js = (out.with_suffix(".md"), out) if out.suffix == ".json" else (out, out.with_suffix(".json"))
     md.parent.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in base_config(size).to_dict().items()}
-    md.write_text(f"# VPD sweep ({'quick' if args.quick else 'full'})\n\n"
-                  f"Base config: {json.dumps(base)}\n\n{table}\n")
-    js.write_text(json.dumps({"mode": "quick" if args.quick else "full", "size": size,
-                              "base_config": base, "rows": rows}, indent=2, default=str) + "\n")
+    md.write_text(f"# VPD sweep ({mode})\n\nBase config: {json.dumps(base, default=str)}\n\n"
+                  f"{table}\n")
+    js.write_text(json.dumps({"mode": mode, "size": size, "base_config": base, "rows": rows},
+                             indent=2, default=str) + "\n")
     print(f"\nwritten to {md} and {js}")
 
 

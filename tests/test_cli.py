@@ -2,8 +2,11 @@
 (The stages and their configs without training: test_pipeline.py.)"""
 
 import contextlib
+import importlib.util
 import io
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +113,30 @@ def test_a_changed_config_is_refused(pipeline, tiny_configs, tmp_path, capsys):
     assert main(["train-target", "--out", str(out), "--config", str(tiny_configs[0]),
                  "--steps", "5", "--no-progress"]) == 2
     assert "another config" in capsys.readouterr().err
+
+
+def test_the_sweep_tabulates_finished_runs(pipeline, tmp_path):
+    """``benchmarks/sweep.py --from-runs`` reads each run's eval.json and config: the point is
+    what differs from the packaged vpd.yaml, the numbers are the report's."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("bench_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    out, _ = pipeline
+    run = tmp_path / "run"
+    for stage in ("target", "decomp"):
+        shutil.copytree(out / stage, run / stage)
+    assert main(["evaluate", "--run", str(run), "--n-batches", "1", "--pgd-steps", "20",
+                 "--pgd-tokens", "128", "--pgd-restarts", "2", "--no-progress"]) == 0
+    with pytest.raises(FileNotFoundError, match="eval.json"):
+        sweep.rows_from_runs([str(tmp_path / "missing")])
+    sweep.main(["--from-runs", str(run), "--out", str(tmp_path / "table.md")])
+    [row] = json.loads((tmp_path / "table.json").read_text())["rows"]
+    report = EvalReport.from_json(run / "eval.json")
+    assert row["point"]["C"] == TINY_VPD["C"] and row["point"]["steps"] == TINY_VPD["steps"]
+    assert row["pgd20_max_per_stochastic"] == report.pgd(20)["per_stochastic_max"]
+    assert row["alive_per_C"] == report.total["alive"] / report.total["C"]
+    assert "C=32" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.slow

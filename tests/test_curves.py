@@ -81,7 +81,7 @@ def test_alive_is_the_evaluation_reports(dec, eval_data, monkeypatch, median):
     quick = quick_eval(dec, eval_data, dec.config, "kl")
     report = evaluate(dec, eval_data, n_batches=2, batch_size=4, pgd_steps=(), progress=False)
     assert quick["alive"] == report.total["alive"] == expected
-    assert quick["l0"] == pytest.approx(report.total["l0"], rel=1e-9)
+    assert quick["l0"] == pytest.approx(report.total["l0"], rel=1e-6)  # fp32 sums of counts
 
 
 # ------------------------------------------------------------------ the plot
