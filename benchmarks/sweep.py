@@ -86,7 +86,7 @@ def base_config(size: dict) -> tl_vpd.VPDConfig:
     quick_vpd.yaml recipe at this size."""
     if "C" not in size:
         return tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).replace(
-            log_every=0, progress=False)
+            log_every=0, progress=False, checkpoint_every=0)
     return tl_vpd.VPDConfig(C=size["C"], steps=size["steps"], batch_size=size["batch_size"],
                             seq_len=size["seq_len"], lr=2e-3, coeff_faithfulness=1e4,
                             faithfulness_warmup_steps=200, log_every=0, progress=False)
@@ -102,7 +102,8 @@ def run_point(point: dict, seed: int, corpus, run, size: dict) -> dict:
     """Decompose with the point's config, evaluate, and keep the table's numbers."""
     cfg = base_config(size).replace(seed=seed, **point)
     t = time.perf_counter()
-    dec = tl_vpd.decompose(run.model, cfg, corpus.train)
+    dec = tl_vpd.decompose(run.model, cfg, corpus.train,
+                           eval_data=corpus.val if cfg.eval_every else None)
     train_s = time.perf_counter() - t
     rep = evaluate(dec, corpus.val, n_batches=size.get("n_batches", 4),
                    batch_size=size.get("eval_batch", 16), pgd_steps=size["pgd_steps"],
