@@ -65,8 +65,14 @@ SIZES = {  # target, corpus, decomposition and evaluation sizes of each mode
                  target_steps=400, C=64, steps=1000, batch_size=8, pgd_tokens=8192, restarts=3,
                  pgd_steps=(10, 20, 40)),
     # --target-run: the main job's evaluation sizes (tl-vpd main's defaults), ladder up to 20
-    "main": dict(pgd_tokens=8192, restarts=3, pgd_steps=(5, 10, 20), n_batches=8, eval_batch=16),
+    "main": dict(packaged=True, pgd_tokens=8192, restarts=3, pgd_steps=(5, 10, 20), n_batches=8,
+                 eval_batch=16),
 }
+
+
+def packaged_vpd() -> tl_vpd.VPDConfig:
+    """The packaged vpd.yaml: the base of ``--target-run`` and what ``--from-runs`` diffs against."""
+    return tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml"))
 
 
 def train_tiny_target(size: dict, cache_dir: str | None):
@@ -84,9 +90,9 @@ def train_tiny_target(size: dict, cache_dir: str | None):
 def base_config(size: dict) -> tl_vpd.VPDConfig:
     """The config every point starts from: the packaged vpd.yaml for ``--target-run``, else the
     quick_vpd.yaml recipe at this size."""
-    if "C" not in size:
-        return tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).replace(
-            log_every=0, progress=False, checkpoint_every=0)
+    if size.get("packaged"):
+        steps = {"steps": size["steps"]} if "steps" in size else {}
+        return packaged_vpd().replace(log_every=0, progress=False, checkpoint_every=0, **steps)
     return tl_vpd.VPDConfig(C=size["C"], steps=size["steps"], batch_size=size["batch_size"],
                             seq_len=size["seq_len"], lr=2e-3, coeff_faithfulness=1e4,
                             faithfulness_warmup_steps=200, log_every=0, progress=False)
@@ -134,9 +140,9 @@ def report_row(rep: EvalReport, point: dict, seed: int, train_s: float | None,
 
 def rows_from_runs(run_dirs: list[str]) -> list[dict]:
     """Rows of finished runs: each run's ``eval.json``, its point = the fields of
-    ``decomp/config.yaml`` that differ from the packaged ``vpd.yaml``; ``train s`` from the run's
-    record of its decomposition time where it kept one."""
-    base = tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).to_dict()
+    ``decomp/config.yaml`` that differ from the packaged ``vpd.yaml`` (no timings: ``—``)."""
+    base = packaged_vpd().to_dict()
+    ignore = {"progress", "log_every", "eval_every", "checkpoint_every"}
     rows = []
     for d in map(Path, run_dirs):
         report, cfg_path = d / "eval.json", d / "decomp" / "config.yaml"
@@ -145,7 +151,6 @@ def rows_from_runs(run_dirs: list[str]) -> list[dict]:
                 raise FileNotFoundError(f"{f} is missing: --from-runs needs runs that "
                                         "`tl-vpd decompose` and `tl-vpd evaluate` finished")
         cfg = tl_vpd.VPDConfig.from_file(cfg_path).to_dict()
-        ignore = {"progress", "log_every", "eval_every", "checkpoint_every"}
         point = {k: v for k, v in cfg.items() if k not in ignore and base.get(k) != v}
         rows.append(report_row(EvalReport.from_json(report), point, cfg["seed"], None, None))
         rows[-1]["run"] = str(d)
@@ -181,8 +186,6 @@ def _cell(key: str, row: dict) -> str:
     v = row[key]
     if v is None:
         return "—"
-    if isinstance(v, bool):
-        return str(v)
     if key.startswith("ce_recovered"):
         return f"{100 * v:.1f}%"
     if isinstance(v, int):
@@ -218,14 +221,12 @@ def main(argv=None) -> None:
     size = dict(SIZES.get(mode, {}))
     if mode == "runs":
         rows = rows_from_runs(args.from_runs)
-        base = tl_vpd.VPDConfig.from_file(packaged_config("vpd.yaml")).to_dict()
+        base = packaged_vpd().to_dict()
     else:
         if args.steps:
             size["steps"] = args.steps
         points = (grid_points(json.loads(args.grid)) if args.grid
                   else QUICK_POINTS if args.quick else grid_points(FULL_GRID))
-        steps = {"steps": args.steps} if args.steps and mode == "main" else {}
-        points = [{**steps, **pt} for pt in points]
         for point in points:  # fail before any training on a mistyped field or value
             base_config(size).replace(**point)
         t = time.perf_counter()
