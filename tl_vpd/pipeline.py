@@ -58,8 +58,8 @@ __all__ = [
 # Evaluation settings: PGD on 8,192 tokens with sources shared across all of them, 3 random
 # restarts, step counts up to the VPD paper's 320 (it attacks 65,536 tokens); --quick stops at 20.
 # The main job's ladder stops at 40 steps to keep the whole job inside 30 minutes on 2 CPU cores:
-# on the default decomposition (C = 192) the ladder 5-40 takes ~5 min, 5-80 would add ~4 and
-# the paper's ladder to 320 with 3 restarts ~45 more;
+# on the default decomposition (C = 192) the ladder 5-40 took 250 s inside the job; by the cost
+# per PGD step, 5-80 would add ~4 min and the paper's ladder to 320 with 3 restarts ~45;
 # `tl-vpd evaluate --pgd-steps 5,10,20,40,80,160,320` runs it.
 DEFAULT_EVAL = dict(n_batches=8, batch_size=16, pgd_steps=(5, 10, 20, 40),
                     pgd_tokens=8192, pgd_restarts=3)
