@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from tl_vpd.data.blocks import tokenize_blocks
 from tl_vpd.data.corpus import (
     LMCorpus,
     default_corpus,
@@ -40,6 +41,21 @@ def test_stdlib_corpus_grows_with_budget(small_split):
     assert set(small_split[0] + small_split[1]) < set(train + val)
     val_bytes = sum(len(t.encode()) for t in val)
     assert train and val_bytes >= 0.2 * sum(len(t.encode()) for t in train + val)
+
+
+def test_tokenizing_progress_bar_can_be_turned_off(small_split, capsys):
+    """`tl-vpd train-target --no-progress` reaches the tokenizer's bar (more than one chunk of
+    documents shows it; progress=False hides it)."""
+    from tl_vpd.data.tokenizer import train_tokenizer
+
+    lines = [line for text in small_split[0] for line in text.splitlines() if line.strip()][:600]
+    tokenizer = train_tokenizer(lines, vocab_size=300)
+    capsys.readouterr()
+    quiet = tokenize_blocks(lines, tokenizer, seq_len=16, progress=False)
+    assert "tokenizing" not in capsys.readouterr().err
+    shown = tokenize_blocks(lines, tokenizer, seq_len=16)
+    assert "tokenizing" in capsys.readouterr().err
+    assert torch.equal(quiet, shown)
 
 
 def test_default_corpus_is_deterministic_and_cached(tmp_path):

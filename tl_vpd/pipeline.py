@@ -142,7 +142,7 @@ def train_target_stage(out: Path, config: Path, steps: int | None = None, progre
     if steps is not None:
         cfg["train"]["steps"] = steps
     target_dir = out / TARGET_DIR
-    corpus = default_corpus(**cfg["corpus"], cache_dir=out / CORPUS_DIR)
+    corpus = default_corpus(**cfg["corpus"], cache_dir=out / CORPUS_DIR, progress=progress)
     if (target_dir / TARGET_MODEL_FILE).is_file():
         saved = read_yaml(target_dir / TARGET_STAGE_FILE)
         if saved != cfg:

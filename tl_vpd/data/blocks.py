@@ -17,7 +17,11 @@ __all__ = ["iterate_batches", "tokenize_blocks"]
 
 
 def tokenize_blocks(
-    texts: Sequence[str], tokenizer: Tokenizer, seq_len: int, max_blocks: int | None = None
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    max_blocks: int | None = None,
+    progress: bool = True,
 ) -> Int[torch.Tensor, "n seq"]:
     """Tokenize documents into contiguous, non-overlapping blocks of ``seq_len`` tokens.
 
@@ -30,6 +34,7 @@ def tokenize_blocks(
         tokenizer: A tokenizer with an ``<|endoftext|>`` token.
         seq_len: Tokens per block.
         max_blocks: Stop after this many blocks (and stop tokenizing early).
+        progress: Show a progress bar when there is more than one chunk of documents.
 
     Returns:
         An int64 tensor of blocks.
@@ -41,7 +46,7 @@ def tokenize_blocks(
     stream: list[int] = []
     chunk = 256  # documents per encode_batch call; lets max_blocks stop early
     starts = range(0, len(texts), chunk)
-    for start in tqdm(starts, desc="tokenizing", leave=False, disable=len(starts) <= 1):
+    for start in tqdm(starts, desc="tokenizing", leave=False, disable=not progress or len(starts) <= 1):
         for encoding in tokenizer.encode_batch(list(texts[start : start + chunk]), add_special_tokens=False):
             stream.append(eos)
             stream.extend(encoding.ids)

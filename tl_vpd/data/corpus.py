@@ -362,6 +362,7 @@ def default_corpus(
     vocab_size: int = 4096,
     max_bytes: int = 16_000_000,
     cache_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> LMCorpus:
     """The standard-library corpus, tokenized with a BPE tokenizer trained on its train split.
 
@@ -371,6 +372,7 @@ def default_corpus(
         max_bytes: Bytes of source to read (see :func:`stdlib_corpus`).
         cache_dir: If given, the tokenizer and token blocks are cached in a subfolder named after
             the arguments and the Python version, so a second call only loads them.
+        progress: Show the tokenizing progress bar.
 
     Returns:
         The :class:`LMCorpus`.
@@ -386,8 +388,8 @@ def default_corpus(
     train_texts, val_texts = stdlib_corpus(max_bytes=max_bytes)
     tokenizer = train_tokenizer(train_texts, vocab_size=vocab_size)
     corpus = LMCorpus(
-        train=tokenize_blocks(train_texts, tokenizer, seq_len),
-        val=tokenize_blocks(val_texts, tokenizer, seq_len),
+        train=tokenize_blocks(train_texts, tokenizer, seq_len, progress=progress),
+        val=tokenize_blocks(val_texts, tokenizer, seq_len, progress=progress),
         tokenizer=tokenizer,
     )
     if cache is not None:
