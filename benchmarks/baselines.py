@@ -2,6 +2,7 @@
 reconstruction comparison and its capacity sweep (feature splitting).
 
     python benchmarks/baselines.py --quick            # ~3 minutes on one CPU thread
+    python benchmarks/baselines.py --size mid         # the quick target, 1000 VPD steps
     python benchmarks/baselines.py --out base.json    # the full sizes (much longer)
 
 Target: a 2-layer LLaMA-style model (RMSNorm, rotary, GELU MLP) trained on the standard-library
@@ -48,6 +49,11 @@ SIZES = {
                   target_steps=200, C=16, vpd_steps=150, vpd_batch=8, tc_steps=400,
                   tc_batch=16, tc_lr=3e-3, capacity_k=8, pareto_k=(2, 16), pareto_mult=(1,),
                   multiples=(0.5, 1, 2, 4), eval_batches=4, eval_batch=16),
+    # The quick target with runs long enough for the frequency term to prune (alive < C).
+    "mid": dict(seq_len=32, vocab=512, max_bytes=400_000, d_model=32, d_mlp=128,
+                target_steps=200, C=32, vpd_steps=1000, vpd_batch=8, tc_steps=2000,
+                tc_batch=16, tc_lr=3e-3, capacity_k=8, pareto_k=(2, 4, 16, 32), pareto_mult=(1,),
+                multiples=(0.5, 1, 2, 4), eval_batches=4, eval_batch=16),
     "full": dict(seq_len=64, vocab=1024, max_bytes=2_000_000, d_model=64, d_mlp=256,
                  target_steps=400, C=64, vpd_steps=2000, vpd_batch=8, tc_steps=4000,
                  tc_batch=32, tc_lr=2e-3, capacity_k=8, pareto_k=(2, 4, 16, 32),
@@ -188,13 +194,14 @@ def tables(result: dict) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the small sizes (~3 min on one thread)")
+    p.add_argument("--size", choices=sorted(SIZES), help="a size by name (--quick = quick)")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--cache-dir", help="cache the tokenized corpus here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = SIZES["quick" if args.quick else "full"]
+    size = SIZES[args.size or ("quick" if args.quick else "full")]
     t = time.perf_counter()
     from sweep import train_tiny_target  # the sweep's target and corpus (run as a script)
 
