@@ -41,3 +41,20 @@ def test_compiled_masked_output_equals_eager(family):
     assert not any(c.compiled for c in dec.components.values())
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_sites_raise_the_recompile_limit():
+    """Dynamo compiles at most ``recompile_limit`` (8) graphs per function and runs the rest
+    eagerly; a 24-site model's shapes × passes need more, so ``compiled_sites`` raises it while
+    it is active and restores it after."""
+    import torch._dynamo
+
+    from tl_vpd.components import COMPILE_RECOMPILE_LIMIT, compiled_sites
+
+    before = torch._dynamo.config.recompile_limit
+    dec = Decomposition.from_model(make_model("gpt2"), C=4)
+    with compiled_sites(dec.components.values()):
+        assert torch._dynamo.config.recompile_limit >= COMPILE_RECOMPILE_LIMIT > 8
+    with compiled_sites(dec.components.values(), enabled=False):
+        assert torch._dynamo.config.recompile_limit == before
+    assert torch._dynamo.config.recompile_limit == before

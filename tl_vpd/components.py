@@ -166,6 +166,9 @@ def _factorized(x, out, mask, delta_mask, V, U, bias, cdt: torch.dtype, per_head
     return (factor + scale * target_part + bias).to(dtype)
 
 
+COMPILE_RECOMPILE_LIMIT = 128  # graphs per compiled function inside compiled_sites
+
+
 @contextlib.contextmanager
 def compiled_sites(components, enabled: bool = True):
     """Inside the block, ``masked_output`` of ``components`` runs through ``torch.compile`` (the
@@ -174,8 +177,16 @@ def compiled_sites(components, enabled: bool = True):
     before = [c.compiled for c in components]
     for c in components:
         c.compiled = enabled
+    # Dynamo keeps at most ``recompile_limit`` (8) graphs per function and runs the rest eagerly;
+    # the sites' shapes (W_Q/W_K/W_V per head, W_O, W_in, W_out, ...) times the passes' batch
+    # shapes and grad modes need more, so without this most sites silently stayed eager.
+    if enabled:
+        import torch._dynamo
+
+        limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
     try:
-        yield
+        with torch._dynamo.config.patch(recompile_limit=limit) if enabled else contextlib.nullcontext():
+            yield
     finally:
         for c, b in zip(components, before):
             c.compiled = b
