@@ -179,6 +179,6 @@ def test_history_is_saved_with_the_decomposition(dec, tmp_path):
 @pytest.mark.parametrize("name", ["vpd.yaml", "quick_vpd.yaml"])
 def test_the_main_job_configs_draw_about_ten_eval_points(name):
     cfg = tl_vpd.VPDConfig.from_file(packaged_config(name))
-    # the default job (1400 steps) evaluates 14 times inside its measured 24 minutes
-    assert cfg.eval_every > 0 and 8 <= cfg.steps // cfg.eval_every <= 15
+    # the default job (1700 steps) evaluates 17 times, ~3% of its decomposition time
+    assert cfg.eval_every > 0 and 8 <= cfg.steps // cfg.eval_every <= 18
     assert cfg.eval_batches == 1  # the cost budget: see the configs' comments
