@@ -180,12 +180,14 @@ def compiled_sites(components, enabled: bool = True):
     # Dynamo keeps at most ``recompile_limit`` (8) graphs per function and runs the rest eagerly;
     # the sites' shapes (W_Q/W_K/W_V per head, W_O, W_in, W_out, ...) times the passes' batch
     # shapes and grad modes need more, so without this most sites silently stayed eager.
+    limit = contextlib.nullcontext()
     if enabled:
         import torch._dynamo
 
-        limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
+        limit = torch._dynamo.config.patch(
+            recompile_limit=max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT))
     try:
-        with torch._dynamo.config.patch(recompile_limit=limit) if enabled else contextlib.nullcontext():
+        with limit:
             yield
     finally:
         for c, b in zip(components, before):
