@@ -29,6 +29,7 @@ overrides are listed in ``CPU_OVERRIDES``). ``quick`` is ``reproduce(..., quick=
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -148,6 +149,25 @@ def run_cancellation(out):
 
 
 # ----------------------------------------------------------------------------------- helpers
+def _map(fn, arg_tuples, jobs):
+    """``[fn(*args) for args in arg_tuples]``, in ``jobs`` worker processes of one thread each
+    (every run is single-threaded: a second core runs a second seed, not a faster step)."""
+    if jobs <= 1 or len(arg_tuples) <= 1:
+        return [fn(*args) for args in arg_tuples]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(jobs, len(arg_tuples)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*arg_tuples)))
+
+
+def _timed(fn, *args):
+    """``(fn(*args), seconds)``: a run's own wall time, whichever process ran it."""
+    t0 = time.time()
+    return fn(*args), time.time() - t0
+
+
 def _reproduce(name, seed, scale, method):
     overrides = CPU_OVERRIDES.get(name, {}) if scale == "cpu" else {}
     return reproduce(name, seed=seed, quick=scale == "quick", method=method, **overrides)
@@ -254,6 +274,8 @@ def main(argv=None):
     parser.add_argument("--experiments", nargs="+", default=TMS_NAMES + ["resid_mlp1", "cancellation"],
                         help=f"any of {TMS_NAMES + RESID_NAMES + ['cancellation']}")
     parser.add_argument("--out", type=Path, default=Path("runs/spd_toys"))  # runs/ is git-ignored
+    parser.add_argument("--jobs", type=int, default=min(3, os.cpu_count() or 1),
+                        help="seeds run in parallel, one single-threaded process each")
     args = parser.parse_args(argv)
     scale = "quick" if args.quick else args.scale
     methods = ["spd", "vpd"] if args.method == "both" else [args.method]
@@ -268,9 +290,10 @@ def main(argv=None):
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
                   f"{'id-CI err l1/l2':>17}{'identity live':>15}{'time/seed':>11}")
         for name in tms:
-            t0 = time.time()
-            rows = [run_tms(name, s, scale, method, args.out) for s in args.seeds]
-            per = (time.time() - t0) / len(args.seeds)
+            timed = _map(_timed, [(run_tms, name, s, scale, method, args.out)
+                                  for s in args.seeds], args.jobs)
+            rows = [r for r, _ in timed]
+            per = statistics.mean(seconds for _, seconds in timed)
             idl = "/".join(str(r["identity_live"]) for r in rows) if "identity_live" in rows[0] else "-"
             errs = ",".join(f"{r['id_err_linear1']}/{r['id_err_linear2']}" for r in rows)
             print(f"{name:<14}{_mean_std([r['mmcs'] for r in rows]):>16}{PAPER_TABLE1[name][0]:>16}"
@@ -284,12 +307,12 @@ def main(argv=None):
             print(f"{'model':<12}{'seed':>5}{'W_in live':>10}{'id-CI err':>10}{'W_out live':>11}"
                   f"{'co-active':>10}{'dense err':>10}{'NC corr':>9}{'time':>8}")
         for name in resid:
-            for s in args.seeds:
-                t0 = time.time()
-                r = run_resid(name, s, scale, method, args.out)
+            timed = _map(_timed, [(run_resid, name, s, scale, method, args.out)
+                                  for s in args.seeds], args.jobs)
+            for s, (r, seconds) in zip(args.seeds, timed):
                 print(f"{name:<12}{s:>5}{r['live_in']:>10}{r['id_err_in']:>10}{r['live_out']:>11}"
                       f"{r['out_coactive']:>10.2f}{r['dense_err_out']:>10}{r['nc_corr']:>9.3f}"
-                      f"{time.time() - t0:>7.0f}s", flush=True)
+                      f"{seconds:>7.0f}s", flush=True)
 
     if "cancellation" in args.experiments:
         print("\n== Cancellation toy: a +3/-3 pair on y, U V frozen at the mechanisms, CI trained ==")

@@ -4,8 +4,10 @@
     python benchmarks/toy_step.py --compare /path/to/other/checkout --rounds 6
 
 Each model is built untrained (the step's cost does not depend on the weights) with the
-settings of ``reproduce_spd_toys.py --scale cpu`` (``CPU_OVERRIDES``: batch 1024 for TMS, 512
-for the residual MLP). Time is ``time.process_time`` of the worker process, one intra-op
+settings of ``reproduce_spd_toys.py --scale cpu`` (``CPU_OVERRIDES``; ``--batch`` and ``--C``
+override its batch size and subcomponent count, e.g. ``--batch 4096 --C 200`` for the SPD
+paper's TMS 40-10 step), including ``compile`` (on for the toys' full runs: the ``mlp`` CI
+function's fused kernel); the workers compile during their warm-up steps, before timing. Time is ``time.process_time`` of the worker process, one intra-op
 thread, so other load on a shared machine inflates it less than wall time. With ``--compare``
 one worker process per checkout runs the same steps, alternating in short rounds, and the
 table shows the median ms/step of each and their ratio.
@@ -25,7 +27,7 @@ MODELS = ["tms_5-2", "tms_40-10", "tms_40-10-id", "resid_mlp1"]
 HERE = Path(__file__).resolve().parent
 
 
-def _worker(names: list[str]) -> None:
+def _worker(names: list[str], overrides: dict) -> None:
     """Build one trainer per model, then answer ``name steps`` lines with CPU ms/step."""
     import time
 
@@ -47,7 +49,7 @@ def _worker(names: list[str]) -> None:
             model = ResidualMLP(100, 1000, 50, 1, seed=0)
         for p in model.parameters():
             p.requires_grad_(False)
-        cfg = toy_config(name, "spd", **CPU_OVERRIDES[name])
+        cfg = toy_config(name, "spd", **{**CPU_OVERRIDES[name], **overrides})
         tr = Trainer(model, cfg, EXPERIMENTS[name].data(model))
         for _ in range(3):
             tr.train_step(tr.stream.next())
@@ -62,8 +64,9 @@ def _worker(names: list[str]) -> None:
         print(1000 * (time.process_time() - t) / int(steps), flush=True)
 
 
-def _start(tree: Path, names: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+def _start(tree: Path, names: list[str], overrides: dict) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1",
+               TOY_STEP_OVERRIDES=json.dumps(overrides))
     proc = subprocess.Popen([sys.executable, __file__, "--worker", *names], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     if proc.stdout.readline().strip() != "ready":
@@ -83,15 +86,18 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="steps per round and model")
+    parser.add_argument("--batch", type=int, help="batch size for every model")
+    parser.add_argument("--C", type=int, help="subcomponents per site for every model")
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        _worker(args.worker)
+        _worker(args.worker, json.loads(os.environ.get("TOY_STEP_OVERRIDES", "{}")))
         return 0
+    overrides = {k: v for k, v in (("batch_size", args.batch), ("C", args.C)) if v is not None}
     trees = {"this": HERE.parent}
     if args.compare is not None:
         trees = {"before": args.compare.resolve(), "after": HERE.parent}
-    procs = {k: _start(t, args.models) for k, t in trees.items()}
+    procs = {k: _start(t, args.models, overrides) for k, t in trees.items()}
     times = {(k, m): [] for k in procs for m in args.models}
     for _ in range(args.rounds):
         for m in args.models:

@@ -75,3 +75,52 @@ def test_compiled_kernels_equal_eager():
         results.append((m, md, f, *torch.autograd.grad(loss, (z, r))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_scalar_mlp_equals_the_mlp_ci_function(compiled):
+    """The fused ``mlp`` CI kernel (recomputing backward) equals PerSubcomponentMLP's autograd
+    chain in values and in every gradient, for token-shaped ``[B, T, C]`` and flat inputs; in
+    fp32 as the training step runs it."""
+    from tl_vpd.fused import scalar_mlp
+    from tl_vpd.importance import PerSubcomponentMLP
+
+    torch.manual_seed(7)
+    ci = PerSubcomponentMLP({"a": (4, 6), "b": (3, 5)}, hidden=3)
+    with torch.no_grad():
+        for p in (*ci.b1, *ci.b2):
+            p.normal_()  # nonzero biases, so their gradients are checked too
+    params = list(ci.parameters())
+    for lead in [(4, 3), (9,)]:
+        acts = {s: torch.randn(*lead, C, requires_grad=True) for s, (_, C) in ci.site_dims.items()}
+        w = {s: torch.randn(*lead, C) for s, (_, C) in ci.site_dims.items()}
+        results = []
+        for fused in (False, True):
+            if fused:
+                out = {s: scalar_mlp(acts[s], ci.w1[i], ci.b1[i], ci.w2[i], ci.b2[i], compiled)
+                       for i, s in enumerate(ci.site_names)}
+            else:
+                out = ci(None, acts)
+            loss = sum((out[s] * w[s]).sum() for s in out)
+            results.append((*out.values(), *torch.autograd.grad(loss, [*acts.values(), *params])))
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_ci_function_takes_the_fused_path_only_when_compiled_with_grad():
+    """``compiled_sites`` switches the ``mlp`` CI function to the compiled kernel for the
+    training step and back; under ``no_grad`` (evaluation) it stays on the eager chain."""
+    from tl_vpd.components import compiled_sites
+    from tl_vpd.importance import PerSubcomponentMLP
+
+    ci = PerSubcomponentMLP({"a": (4, 6)}, hidden=3)
+    acts = {"a": torch.randn(5, 6)}
+    eager = ci(None, acts)["a"]
+    with compiled_sites([], True, ci):
+        assert ci.compiled
+        fused = ci(None, acts)["a"]
+        assert fused.grad_fn is not None and "ScalarMLP" in type(fused.grad_fn).__name__
+        with torch.no_grad():
+            torch.testing.assert_close(ci(None, acts)["a"], eager)
+    assert not ci.compiled
+    torch.testing.assert_close(fused, eager)

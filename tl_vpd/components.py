@@ -170,10 +170,11 @@ COMPILE_RECOMPILE_LIMIT = 128  # graphs per compiled function inside compiled_si
 
 
 @contextlib.contextmanager
-def compiled_sites(components, enabled: bool = True):
+def compiled_sites(components, enabled: bool = True, ci_fn=None):
     """Inside the block, ``masked_output`` of ``components`` runs through ``torch.compile`` (the
-    training step with ``VPDConfig.compile``; evaluation and analysis stay eager)."""
-    components = list(components)
+    training step with ``VPDConfig.compile``; evaluation and analysis stay eager), and so does
+    ``ci_fn`` where it has a compiled path (the ``mlp`` CI function's fused kernel)."""
+    components = list(components) + ([ci_fn] if hasattr(ci_fn, "compiled") else [])
     before = [c.compiled for c in components]
     for c in components:
         c.compiled = enabled

@@ -18,7 +18,7 @@ import torch
 from tl_vpd._typing import Bool, Float
 from tl_vpd.importance import lower_leaky_grad
 
-__all__ = ["firing_frequency", "routed_masks"]
+__all__ = ["firing_frequency", "routed_masks", "scalar_mlp"]
 
 
 # ------------------------------------------------------------------------------- kernels
@@ -66,8 +66,28 @@ def _masks_bwd_r(z, route, gm, gmd):
     return torch.cat([gc, gmd[..., None]], -1)
 
 
+def _mlp_fwd(x, w1, b1, w2, b2):
+    h = torch.addcmul(b1, x.unsqueeze(-1), w1)  # [..., C, hidden]; fused away when compiled
+    return (torch.nn.functional.gelu(h) * w2).sum(-1) + b2
+
+
+def _mlp_bwd(xT, w1, b1, w2, gT):
+    # Token axis last ([C, hidden, N]): the reductions over tokens are innermost, which the
+    # compiled loop vectorises (~20% faster than tokens first). h is recomputed instead of
+    # kept alive: compiled, no [N, C, hidden] tensor is written to memory.
+    w1, b1, w2 = w1.unsqueeze(-1), b1.unsqueeze(-1), w2.unsqueeze(-1)
+    h = torch.addcmul(b1, xT.unsqueeze(1), w1)
+    cdf = 0.5 * (1.0 + torch.erf(h * 0.7071067811865476))  # Φ(h)
+    dgelu = cdf + h * torch.exp(-0.5 * h * h) * 0.3989422804014327  # Φ(h) + h φ(h)
+    gu = gT.unsqueeze(1)
+    dh = gu * w2 * dgelu
+    return ((dh * w1).sum(1), (dh * xT.unsqueeze(1)).sum(-1), dh.sum(-1), (gu * h * cdf).sum(-1),
+            gT.sum(-1))
+
+
 _KERNELS = {"freq_fwd": _freq_fwd, "freq_bwd": _freq_bwd, "masks_fwd": _masks_fwd,
-            "masks_bwd_z": _masks_bwd_z, "masks_bwd_r": _masks_bwd_r}
+            "masks_bwd_z": _masks_bwd_z, "masks_bwd_r": _masks_bwd_r,
+            "mlp_fwd": _mlp_fwd, "mlp_bwd": _mlp_bwd}
 
 
 @functools.cache
@@ -140,3 +160,35 @@ def routed_masks(
         ``(masks [*lead, C], delta_masks [*lead])``.
     """
     return _RoutedMasks.apply(z, r.to(z.dtype), route, float(alpha), compiled)
+
+
+class _ScalarMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, compiled: bool):
+        ctx.save_for_backward(x, w1, b1, w2)
+        ctx.compiled = compiled
+        return _kernel("mlp_fwd", compiled)(x, w1, b1, w2, b2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w1, b1, w2 = ctx.saved_tensors
+        lead = x.shape
+        xT, gT = x.reshape(-1, lead[-1]).T.contiguous(), g.reshape(-1, lead[-1]).T.contiguous()
+        gxT, *grads = _kernel("mlp_bwd", ctx.compiled)(xT, w1, b1, w2, gT)
+        return (gxT.T.reshape(lead), *grads, None)
+
+
+def scalar_mlp(
+    x: Float[torch.Tensor, "*lead C"],
+    w1: Float[torch.Tensor, "C hidden"],
+    b1: Float[torch.Tensor, "C hidden"],
+    w2: Float[torch.Tensor, "C hidden"],
+    b2: Float[torch.Tensor, " C"],
+    compiled: bool = False,
+) -> Float[torch.Tensor, "*lead C"]:
+    """``Σ_h GELU(x_c w1_ch + b1_ch) w2_ch + b2_c``: the ``mlp`` CI function of one site (one
+    scalar MLP per subcomponent), whose autograd graph would keep two ``[*lead, C, hidden]``
+    tensors per site; this one keeps none. Compiled, forward and backward never write
+    ``[*lead, C, hidden]`` to memory (about 4x faster than autograd at 4096 × 200 × 16 on a
+    CPU); uncompiled it is slower than autograd, so callers use it only with ``compiled``."""
+    return _ScalarMLP.apply(x.to(w1.dtype), w1, b1, w2, b2, compiled)

@@ -93,6 +93,7 @@ class PerSubcomponentMLP(CausalImportance):
     """``mlp``: ``g_c = σ(MLP_c(v_c · x))``, one tiny scalar MLP per subcomponent."""
 
     uses_inner_acts = True
+    compiled = False  # set by tl_vpd.components.compiled_sites for the training step
 
     def __init__(self, site_dims, hidden: int):
         super().__init__(site_dims)
@@ -107,6 +108,12 @@ class PerSubcomponentMLP(CausalImportance):
             self.b2.append(nn.Parameter(torch.zeros(C)))
 
     def forward(self, inputs, inner_acts):
+        if self.compiled and torch.is_grad_enabled():
+            from tl_vpd.fused import scalar_mlp  # tl_vpd.fused imports this module
+
+            return {name: scalar_mlp(inner_acts[name], self.w1[i], self.b1[i], self.w2[i],
+                                     self.b2[i], compiled=True)
+                    for i, name in enumerate(self.site_names)}
         out = {}
         for i, name in enumerate(self.site_names):
             h = inner_acts[name].unsqueeze(-1) * self.w1[i] + self.b1[i]  # [..., C, hidden]

@@ -271,13 +271,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad(), self._amp():
             target, inputs = dec.run_target(batch)
-        with self._amp():
-            ci = dec.ci(inputs)
-        # The leaf the losses differentiate: fp32 even under autocast (masks and minimality are
-        # elementwise math over every token and subcomponent, where bf16 would lose precision).
-        pre = {k: v.detach().float().requires_grad_(True) for k, v in ci.pre.items()}
         drawn: dict[str, list[torch.Tensor]] = {}
-        with compiled_sites(dec.components.values(), cfg.compile):
+        with compiled_sites(dec.components.values(), cfg.compile, dec.ci_fn):
+            with self._amp():
+                ci = dec.ci(inputs)
+            # The leaf the losses differentiate: fp32 even under autocast (masks and minimality
+            # are elementwise math over every token and subcomponent, where bf16 would lose
+            # precision).
+            pre = {k: v.detach().float().requires_grad_(True) for k, v in ci.pre.items()}
             for name, coeff, loss in step_losses(
                     cfg, dec, batch, target, pre, p=p, recon_kind=self.recon_kind,
                     generator=self.generator, shard=self.shard, adversary=self.adversary,
@@ -290,9 +291,10 @@ class Trainer:
                     self._check_divergence(loss)
                 (coeff * loss).backward()  # frees this loss's graph before the next forward
                 drawn.setdefault(name, []).append(loss.detach())
-        grads = [(ci.pre[k], pre[k].grad.to(ci.pre[k].dtype)) for k in pre if pre[k].grad is not None]
-        if grads:
-            torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
+            grads = [(ci.pre[k], pre[k].grad.to(ci.pre[k].dtype))
+                     for k in pre if pre[k].grad is not None]
+            if grads:
+                torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
         if self.shard.enabled:  # data parallel: average gradients across ranks
             params = self.component_params + self.ci_params
             for q in params:
