@@ -61,15 +61,16 @@ PAPER_TABLE1 = {  # SPD paper Table 1: (MMCS, ML2R)
     "tms_40-10-id": ("1.000 ± 0.000", "1.031 ± 0.001"),
 }
 # Shorter runs for a 2-core CPU (pilot runs, seed 0): TMS 5-2 at batch 1024 and a constant lr of
-# 5e-3 reached MMCS 1.000 / ML2R 1.001 by step 1500; TMS 40-10 costs ~10x more per step with
-# C = 200, so C is cut to 80; the 1-layer residual MLP at batch 512 and lr 5e-3 gave ~100
-# one-feature W_in subcomponents in 4000 steps with an importance coefficient of 2e-5 (1e-5, the
-# paper's, was ~3x slower at this batch size).
+# 5e-3 reached MMCS 1.000 / ML2R 1.001 by step 1500; TMS 40-10 keeps C = 200 at batch 512 for
+# 6000 steps, lr 5e-3 cosine to 0 (MMCS 0.999 ± 0.002 over 3 seeds, ~150 CPU s per run; 3000
+# steps gave 0.960; benchmarks/results/tms_40-10_sweep.md, round 3); the 1-layer residual MLP
+# at batch 512 and lr 5e-3 gave ~100 one-feature W_in subcomponents in 4000 steps with an
+# importance coefficient of 2e-5 (1e-5, the paper's, was ~3x slower at this batch size).
 CPU_OVERRIDES = {
     "tms_5-2": dict(steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.1),
     "tms_5-2-id": dict(steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.1),
-    "tms_40-10": dict(steps=4000, batch_size=1024, C=80, lr=5e-3, lr_final_frac=0.1),
-    "tms_40-10-id": dict(steps=4000, batch_size=1024, C=80, lr=5e-3, lr_final_frac=0.1),
+    "tms_40-10": dict(steps=6000, batch_size=512, lr=5e-3),
+    "tms_40-10-id": dict(steps=6000, batch_size=512, lr=5e-3),
     "resid_mlp1": dict(steps=4000, batch_size=512, lr=5e-3, coeff_minimality=2e-5),
     "resid_mlp2": dict(steps=6000, batch_size=512, C=200, lr=5e-3, coeff_minimality=2e-5),
     "resid_mlp3": dict(steps=8000, batch_size=512, C=250, ci_hidden=32, lr=5e-3,
@@ -289,9 +290,11 @@ def main(argv=None):
             print(f"\n== TMS ({method}) vs SPD paper Table 1 ==")
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
                   f"{'id-CI err l1/l2':>17}{'identity live':>15}{'time/seed':>11}")
-        for name in tms:
-            timed = _map(_timed, [(run_tms, name, s, scale, method, args.out)
-                                  for s in args.seeds], args.jobs)
+        # Every (model, seed) run in one pool, so both cores stay busy across rows.
+        tms_runs = _map(_timed, [(run_tms, name, s, scale, method, args.out)
+                                 for name in tms for s in args.seeds], args.jobs)
+        for i, name in enumerate(tms):
+            timed = tms_runs[i * len(args.seeds):(i + 1) * len(args.seeds)]
             rows = [r for r, _ in timed]
             per = statistics.mean(seconds for _, seconds in timed)
             idl = "/".join(str(r["identity_live"]) for r in rows) if "identity_live" in rows[0] else "-"
@@ -306,9 +309,10 @@ def main(argv=None):
                   "W_out one rank-d_mlp block co-active on every one-hot input ==")
             print(f"{'model':<12}{'seed':>5}{'W_in live':>10}{'id-CI err':>10}{'W_out live':>11}"
                   f"{'co-active':>10}{'dense err':>10}{'NC corr':>9}{'time':>8}")
-        for name in resid:
-            timed = _map(_timed, [(run_resid, name, s, scale, method, args.out)
-                                  for s in args.seeds], args.jobs)
+        resid_runs = _map(_timed, [(run_resid, name, s, scale, method, args.out)
+                                   for name in resid for s in args.seeds], args.jobs)
+        for i, name in enumerate(resid):
+            timed = resid_runs[i * len(args.seeds):(i + 1) * len(args.seeds)]
             for s, (r, seconds) in zip(args.seeds, timed):
                 print(f"{name:<12}{s:>5}{r['live_in']:>10}{r['id_err_in']:>10}{r['live_out']:>11}"
                       f"{r['out_coactive']:>10.2f}{r['dense_err_out']:>10}{r['nc_corr']:>9.3f}"

@@ -58,3 +58,19 @@ def test_compiled_sites_raise_the_recompile_limit():
     with compiled_sites(dec.components.values(), enabled=False):
         assert torch._dynamo.config.recompile_limit == before
     assert torch._dynamo.config.recompile_limit == before
+
+
+def test_init_kinds_fan_in_and_random():
+    """``fan_in``: V ~ N(0, 1/d_in), U ~ N(0, 1/C) as drawn; ``random``: the same draws scaled
+    so that ‖U V‖ = ‖W‖; anything else is refused by name."""
+    model = make_model("gpt2")
+    a = Decomposition.from_model(model, C=256, init="fan_in", seed=0).components["blocks.0.mlp.W_in"]
+    b = Decomposition.from_model(model, C=256, init="random", seed=0).components["blocks.0.mlp.W_in"]
+    d_out, d_in = a.W.shape
+    assert abs(a.V.std().item() * d_in ** 0.5 - 1) < 0.05
+    assert abs(a.U.std().item() * 256 ** 0.5 - 1) < 0.05
+    k = (b.U / a.U).mean().item()
+    assert torch.allclose(b.U, k * a.U, rtol=1e-4) and torch.allclose(b.V, k * a.V, rtol=1e-4)
+    assert abs((b.U @ b.V).norm().item() / b.W.norm().item() - 1) < 1e-4 and abs(k - 1) > 0.05
+    with pytest.raises(ValueError, match="init"):
+        Decomposition.from_model(model, C=4, init="xavier")

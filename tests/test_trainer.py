@@ -89,3 +89,19 @@ def test_autocast_auto_is_bf16_for_language_models_only():
     toy = tl_vpd.Trainer(TMS(5, 2), small_cfg(seq_len=1), lambda n, g: torch.rand(n, 5, generator=g))
     assert lm.autocast and not toy.autocast
     assert not tl_vpd.Trainer(make_model("gpt2"), small_cfg(autocast="none"), corpus()).autocast
+
+
+def test_warmup_runs_without_a_faithfulness_loss_and_takes_its_weight_decay():
+    """The reference TMS recipe: warm-up (AdamW, weight decay 0.1), then no faithfulness loss."""
+    model = make_model("gpt2")
+    size = {}
+    for wd in (0.0, 0.5):
+        cfg = small_cfg(faithfulness_warmup_steps=20, coeff_faithfulness=0.0,
+                        faithfulness_warmup_weight_decay=wd)
+        tr = tl_vpd.Trainer(model, cfg, corpus())
+        assert not tr.warmup_done
+        tr._faithfulness_warmup()
+        assert tr.warmup_done and tr.history[-1]["warmup/faithfulness"] < 1e-2
+        size[wd] = sum(c.U.detach().norm() + c.V.detach().norm()
+                       for c in tr.dec.components.values()).item()
+    assert size[0.5] < 0.97 * size[0.0]

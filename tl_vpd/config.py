@@ -88,6 +88,7 @@ class VPDConfig:
     grad_clip_ci: float | None = bounded(1.0, gt=0.0)  # tuned for CPU: guards spikes; the VPD paper states none
     faithfulness_warmup_steps: int = bounded(400, ge=0)  # VPD paper (cheap: no forward passes)
     faithfulness_warmup_lr: float = bounded(1e-2, gt=0.0)  # tuned for CPU: the paper's 1e-3 needs ~1000 steps to reach Δ-L2 < 1e-7 at C >= rank; 1e-2 takes ~150
+    faithfulness_warmup_weight_decay: float = bounded(0.0, ge=0.0)  # AdamW decay in the warm-up; the reference implementation's TMS recipe uses 0.1
     init: InitKind = SPEC_DEFAULTS["init"]
 
     # --- causal-importance function (defaults: tl_vpd.spec) ------------------------------------

@@ -107,7 +107,7 @@ class Decomposition(nn.Module):
             ci_d_model: width of the global CI network.
             ci_n_layers: blocks of the global CI transformer.
             ci_n_heads: heads of the global CI transformer.
-            init: ``"random"`` or ``"svd"``.
+            init: ``"random"``, ``"fan_in"`` or ``"svd"``.
             leaky_alpha: slope of the leaky hard sigmoids.
             dtype: dtype of U, V and the CI function (one coarser than the model's weights
                 warns: the swap is then exact only up to its rounding).

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 __all__ = ["CIFnKind", "DTypeName", "DecompositionSpec", "InitKind", "SPEC_DEFAULTS",
            "saved_spec_problems"]
 
-InitKind = Literal["random", "svd"]
+InitKind = Literal["random", "fan_in", "svd"]
 CIFnKind = Literal["mlp", "vector_mlp", "shared_mlp", "global_mlp", "global_transformer"]
 DTypeName = Literal["float32", "float64", "bfloat16"]
 
@@ -38,7 +38,7 @@ class DecompositionSpec:
         ci_d_model: width of the global CI transformer.
         ci_n_layers: blocks of the global CI transformer.
         ci_n_heads: attention heads of the global CI transformer.
-        init: ``"random"`` or ``"svd"`` initialisation of U and V.
+        init: ``"random"``, ``"fan_in"`` or ``"svd"`` initialisation of U and V.
         leaky_alpha: slope of the leaky hard sigmoids.
         dtype: dtype of U, V and the CI parameters.
     """

@@ -100,7 +100,7 @@ class Trainer:
             self.adversary = PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas,
                                                cfg.ppgd_bank_size, cfg.pgd_init, self.shard)
         self.step = 0
-        self.warmup_done = cfg.faithfulness_warmup_steps == 0 or cfg.coeff_faithfulness == 0
+        self.warmup_done = cfg.faithfulness_warmup_steps == 0  # runs whatever coeff_faithfulness is
         self.history: list[dict] = []
         self._wandb = None
         self._committed = False
@@ -227,7 +227,8 @@ class Trainer:
     def _faithfulness_warmup(self) -> None:
         """Fit U V to W alone for a few hundred steps before the main loop (VPD paper)."""
         cfg = self.cfg
-        opt = torch.optim.AdamW(self.component_params, lr=cfg.faithfulness_warmup_lr, weight_decay=0.0)
+        opt = torch.optim.AdamW(self.component_params, lr=cfg.faithfulness_warmup_lr,
+                                weight_decay=cfg.faithfulness_warmup_weight_decay)
         comps = list(self.dec.components.values())
         for _ in range(cfg.faithfulness_warmup_steps):
             opt.zero_grad(set_to_none=True)
