@@ -62,12 +62,14 @@ def test_stacked_forward_is_one_pass_per_site(name):
 
 def _reference_layerwise(dec, cfg, batch, target, pre, generator):
     """The SPD layerwise loss as the paper writes it: per site, fresh sources, masks from the
-    lower-leaky CI, a forward with that site alone masked; the mean over sites. Draws follow the
+    lower-leaky CI (and Δ's own source where the config has a Δ-component, as the TMS toys'
+    do), a forward with that site alone masked; the mean over sites. Draws follow the
     recipe's order (the stochastic loss's sources come first)."""
     sample_sources(pre, generator)  # the stochastic loss's draw
     losses = []
     for site in dec.sites:
-        src = zero_delta_sources(sample_sources({site: pre[site]}, generator))
+        src = sample_sources({site: pre[site]}, generator)
+        src = src if cfg.use_delta_component else zero_delta_sources(src)  # SPD: no Δ
         g = {site: lower_leaky_sigmoid(pre[site], dec.leaky_alpha)}
         m, dm = masks_from_sources(g, src)
         losses.append(mse_recon_loss(target, dec.run_masked(batch, m, dm)))
