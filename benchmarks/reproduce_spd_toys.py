@@ -163,6 +163,13 @@ def _map(fn, arg_tuples, jobs):
         return list(pool.map(fn, *zip(*arg_tuples)))
 
 
+def _runs_by_name(run, names, seeds, scale, method, out, jobs):
+    """``{name: [(row, seconds) per seed]}``: every (model, seed) run in one pool, so all
+    ``jobs`` workers stay busy across models, not only within one model's seeds."""
+    timed = _map(_timed, [(run, n, s, scale, method, out) for n in names for s in seeds], jobs)
+    return {n: timed[i * len(seeds):(i + 1) * len(seeds)] for i, n in enumerate(names)}
+
+
 def _timed(fn, *args):
     """``(fn(*args), seconds)``: a run's own wall time, whichever process ran it."""
     t0 = time.time()
@@ -290,11 +297,8 @@ def main(argv=None):
             print(f"\n== TMS ({method}) vs SPD paper Table 1 ==")
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
                   f"{'id-CI err l1/l2':>17}{'identity live':>15}{'time/seed':>11}")
-        # Every (model, seed) run in one pool, so both cores stay busy across rows.
-        tms_runs = _map(_timed, [(run_tms, name, s, scale, method, args.out)
-                                 for name in tms for s in args.seeds], args.jobs)
-        for i, name in enumerate(tms):
-            timed = tms_runs[i * len(args.seeds):(i + 1) * len(args.seeds)]
+        for name, timed in _runs_by_name(run_tms, tms, args.seeds, scale, method, args.out,
+                                         args.jobs).items():
             rows = [r for r, _ in timed]
             per = statistics.mean(seconds for _, seconds in timed)
             idl = "/".join(str(r["identity_live"]) for r in rows) if "identity_live" in rows[0] else "-"
@@ -309,10 +313,8 @@ def main(argv=None):
                   "W_out one rank-d_mlp block co-active on every one-hot input ==")
             print(f"{'model':<12}{'seed':>5}{'W_in live':>10}{'id-CI err':>10}{'W_out live':>11}"
                   f"{'co-active':>10}{'dense err':>10}{'NC corr':>9}{'time':>8}")
-        resid_runs = _map(_timed, [(run_resid, name, s, scale, method, args.out)
-                                   for name in resid for s in args.seeds], args.jobs)
-        for i, name in enumerate(resid):
-            timed = resid_runs[i * len(args.seeds):(i + 1) * len(args.seeds)]
+        for name, timed in _runs_by_name(run_resid, resid, args.seeds, scale, method, args.out,
+                                         args.jobs).items():
             for s, (r, seconds) in zip(args.seeds, timed):
                 print(f"{name:<12}{s:>5}{r['live_in']:>10}{r['id_err_in']:>10}{r['live_out']:>11}"
                       f"{r['out_coactive']:>10.2f}{r['dense_err_out']:>10}{r['nc_corr']:>9.3f}"
