@@ -10,15 +10,18 @@ and measures:
 * TMS: MMCS / ML2R of ``linear1`` against the columns of ``W`` (paper Table 1), the identity-CI
   error of ``linear1``/``linear2`` on one-hot inputs, and for the identity variants the number of
   live subcomponents on ``hidden_layers.0`` (expected: ``n_hidden``);
-* residual MLPs: live ``W_in`` subcomponents and their identity-CI error (expected: one per
-  feature), live ``W_out`` subcomponents across layers and the fraction co-active on every
-  one-hot input (expected: one rank-``d_mlp`` block, all co-active), and how closely the
-  ``W_in`` subcomponents' neuron contributions (eq. 12) match the target's (eq. 11);
+* residual MLPs, per layer: live ``W_in`` subcomponents and their identity-CI error (expected:
+  one per feature in every layer), live ``W_out`` subcomponents (expected: ``d_mlp``, the
+  paper's Fig. 8 count) with the reference implementation's dense-CI error, how many of them read
+  a single neuron and whether their CI follows that neuron, the fraction co-active on one-hot
+  inputs, and how closely the ``W_in`` subcomponents' neuron contributions (eq. 12) match the
+  target's (eq. 11);
 * cancellation: ``g`` of the cancelling pair and the worst single ablation the CI allows, for
   SPD and VPD, over a sweep of the importance coefficient.
 
-It prints the tables, writes PNGs of the permuted CI matrices and the TMS subcomponent columns
-to ``--out``, and the elapsed time.
+It prints the tables and the elapsed time, and writes to ``--out`` every run's numbers
+(``results.json``, which tutorial 01 reads) and PNGs of the permuted CI matrices and the TMS
+subcomponent columns.
 
 Scales: ``paper`` uses ``tl_vpd.toy_models.reproduce``'s settings (the SPD paper's / reference
 implementation's run lengths: 10k steps at batch 4096 for TMS, 30k-200k at batch 2048 for the
@@ -29,6 +32,7 @@ overrides are listed in ``CPU_OVERRIDES``). ``quick`` is ``reproduce(..., quick=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -54,6 +58,8 @@ from tl_vpd.toy_models._runtime import single_threaded
 
 TMS_NAMES = ["tms_5-2", "tms_40-10", "tms_5-2-id", "tms_40-10-id"]
 RESID_NAMES = ["resid_mlp1", "resid_mlp2", "resid_mlp3"]
+LONGEST_FIRST = ["resid_mlp3", "resid_mlp2", "tms_40-10-id", "tms_40-10", "resid_mlp1",
+                 "tms_5-2-id", "tms_5-2"]
 PAPER_TABLE1 = {  # SPD paper Table 1: (MMCS, ML2R)
     "tms_5-2": ("1.000 ± 0.000", "0.993 ± 0.002"),
     "tms_40-10": ("1.000 ± 0.000", "1.010 ± 0.007"),
@@ -76,6 +82,7 @@ CPU_OVERRIDES = {
     "resid_mlp3": dict(steps=8000, batch_size=512, C=250, ci_hidden=32, lr=5e-3,
                        coeff_minimality=1e-5),
 }
+NEGLIGIBLE = 0.1  # a subcomponent under 10% of its site's largest norm is "negligible"
 CANCELLATION_SWEEP = [2.0, 3.5, 4.5, 6.0, 9.0]  # β · n_out; SPD drops the pair above 3, VPD above 10.5
 
 
@@ -90,6 +97,10 @@ def run_tms(name, seed, scale, method, out):
                id_err_linear2=M.identity_ci_error(ci["linear2"]), live=live)
     if target.identity:
         row["identity_live"] = live["hidden_layers.0"]
+        # The SPD paper's count for the identity (§4.1): subcomponents of non-negligible norm.
+        c = dec.components["hidden_layers.0"]
+        norms = M.subcomponent_norms(c.U, c.V)
+        row["identity_sized"] = int((norms >= NEGLIGIBLE * norms.max()).sum())
     if seed == 0 and out is not None:
         _plot_ci(ci, out / f"{name}_{method}_ci.png", dense={"hidden_layers.0"})
         _plot_tms_columns(target, dec, out / f"{name}_{method}_columns.png")
@@ -98,28 +109,47 @@ def run_tms(name, seed, scale, method, out):
 
 def run_resid(name, seed, scale, method, out):
     target, dec = _reproduce(name, seed, scale, method)
+    return resid_row(target, dec, out / f"{name}_{method}_ci.png" if seed == 0 and out else None)
+
+
+def resid_row(target, dec, plot=None):
+    """The residual-MLP table's numbers for one decomposition (and its CI picture to ``plot``)."""
     ci = M.one_hot_causal_importance(dec, target.n_features)
     ins = [s for s in dec.sites if s.endswith("W_in")]
     outs = [s for s in dec.sites if s.endswith("W_out")]
-    ci_in = torch.cat([ci[s] for s in ins], dim=1)
     ci_out = torch.cat([ci[s] for s in outs], dim=1)
     live_out = M.alive_subcomponents(ci_out, 0.1)
-    d_mlp_total = target.d_mlp * target.n_layers
     W_in = torch.cat([dec.target_weight(s) for s in ins], 0)
     W_out = torch.cat([dec.target_weight(s) for s in outs], 1)
     nc_model = M.neuron_contributions(target.W_E, W_in, W_out)
     nc_sub = _subcomponent_nc(target, dec, ins, W_out)
+    # Which neuron each live W_out subcomponent reads, and whether its CI follows that neuron.
+    aligned, neurons, follows = 0, set(), []
+    h = dec.run_target(0.75 * torch.eye(target.n_features))[1]
+    for i, site in enumerate(outs):
+        live = M.alive_subcomponents(ci[site], 0.1)
+        cos, axis = M.axis_alignment(dec.components[site].V)
+        one = live & (cos >= 0.9)
+        aligned += int(one.sum())
+        neurons |= {(i, int(a)) for a in axis[one]}
+        on = h[site].detach()[:, axis[one]] > 0
+        follows.append((on == (ci[site][:, one] > 0.1)).float().flatten())
     row = dict(
-        live_in=int(M.alive_subcomponents(ci_in, 0.1).sum()),
-        id_err_in=M.identity_ci_error(ci_in),
+        # Per layer: a feature's component spans the layers (SPD paper §4.3), one
+        # subcomponent of each layer's W_in.
+        live_in=[int(M.alive_subcomponents(ci[s], 0.1).sum()) for s in ins],
+        id_err_in=[M.identity_ci_error(ci[s]) for s in ins],
         live_out=int(live_out.sum()),
+        live_out_layers=[int(M.alive_subcomponents(ci[s], 0.1).sum()) for s in outs],
         out_coactive=(ci_out[:, live_out] > 0.1).float().mean().item() if live_out.any() else 0.0,
-        dense_err_out=M.dense_ci_error(ci_out, d_mlp_total),
+        dense_err_out=sum(M.dense_ci_error(ci[s], target.d_mlp) for s in outs),
+        out_aligned=aligned, out_neurons=len(neurons),
+        out_follows=torch.cat(follows).mean().item() if aligned else float("nan"),
         nc_corr=torch.corrcoef(torch.stack([nc_model.flatten(), nc_sub.flatten()]))[0, 1].item(),
     )
-    if seed == 0 and out is not None:
-        _plot_ci({"W_in (all layers)": ci_in, "W_out (all layers)": ci_out},
-                 out / f"{name}_{method}_ci.png", dense={"W_out (all layers)"})
+    if plot is not None:
+        _plot_ci({"W_in (all layers)": torch.cat([ci[s] for s in ins], 1),
+                  "W_out (all layers)": ci_out}, plot, dense={"W_out (all layers)"})
     return row
 
 
@@ -161,13 +191,6 @@ def _map(fn, arg_tuples, jobs):
     with ProcessPoolExecutor(min(jobs, len(arg_tuples)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, *zip(*arg_tuples)))
-
-
-def _runs_by_name(run, names, seeds, scale, method, out, jobs):
-    """``{name: [(row, seconds) per seed]}``: every (model, seed) run in one pool, so all
-    ``jobs`` workers stay busy across models, not only within one model's seeds."""
-    timed = _map(_timed, [(run, n, s, scale, method, out) for n in names for s in seeds], jobs)
-    return {n: timed[i * len(seeds):(i + 1) * len(seeds)] for i, n in enumerate(names)}
 
 
 def _timed(fn, *args):
@@ -291,46 +314,71 @@ def main(argv=None):
     start = time.time()
     print(f"scale={scale} seeds={args.seeds} methods={methods} torch={torch.__version__}", flush=True)
 
+    tms = [n for n in LONGEST_FIRST if n in args.experiments and n in TMS_NAMES]
+    resid = [n for n in LONGEST_FIRST if n in args.experiments and n in RESID_NAMES]
+    # Every (method, model, seed) run in one pool, longest first, so both cores stay busy.
+    tasks = [(run_tms if n in TMS_NAMES else run_resid, n, seed, scale, method, args.out)
+             for n in LONGEST_FIRST if n in tms + resid for method in methods
+             for seed in args.seeds]
+    done = dict(zip([t[1:3] + t[4:5] for t in tasks], _map(_timed, tasks, args.jobs)))
     for method in methods:
-        tms = [n for n in args.experiments if n in TMS_NAMES]
         if tms:
             print(f"\n== TMS ({method}) vs SPD paper Table 1 ==")
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
-                  f"{'id-CI err l1/l2':>17}{'identity live':>15}{'time/seed':>11}")
-        for name, timed in _runs_by_name(run_tms, tms, args.seeds, scale, method, args.out,
-                                         args.jobs).items():
+                  f"{'id-CI err l1/l2':>17}{'identity live/sized':>21}{'time/seed':>11}")
+        for name in sorted(tms, key=TMS_NAMES.index):
+            timed = [done[name, seed, method] for seed in args.seeds]
             rows = [r for r, _ in timed]
             per = statistics.mean(seconds for _, seconds in timed)
-            idl = "/".join(str(r["identity_live"]) for r in rows) if "identity_live" in rows[0] else "-"
+            idl = ("/".join(f"{r['identity_live']}|{r['identity_sized']}" for r in rows)
+                   if "identity_live" in rows[0] else "-")
             errs = ",".join(f"{r['id_err_linear1']}/{r['id_err_linear2']}" for r in rows)
             print(f"{name:<14}{_mean_std([r['mmcs'] for r in rows]):>16}{PAPER_TABLE1[name][0]:>16}"
                   f"{_mean_std([r['ml2r'] for r in rows]):>16}{PAPER_TABLE1[name][1]:>16}"
-                  f"{errs:>17}{idl:>15}{per:>10.0f}s", flush=True)
+                  f"{errs:>17}{idl:>21}{per:>10.0f}s", flush=True)
+        if tms:
+            print(f"(identity live|sized: live at CI > 0.1 on any input | subcomponents of "
+                  f"norm ≥ {NEGLIGIBLE:g} × the site's largest, the paper's count; expect n_hidden)")
 
-        resid = [n for n in args.experiments if n in RESID_NAMES]
         if resid:
-            print(f"\n== Residual MLPs ({method}); paper: W_in ~100 one-feature subcomponents, "
-                  "W_out one rank-d_mlp block co-active on every one-hot input ==")
-            print(f"{'model':<12}{'seed':>5}{'W_in live':>10}{'id-CI err':>10}{'W_out live':>11}"
-                  f"{'co-active':>10}{'dense err':>10}{'NC corr':>9}{'time':>8}")
-        for name, timed in _runs_by_name(run_resid, resid, args.seeds, scale, method, args.out,
-                                         args.jobs).items():
-            for s, (r, seconds) in zip(args.seeds, timed):
-                print(f"{name:<12}{s:>5}{r['live_in']:>10}{r['id_err_in']:>10}{r['live_out']:>11}"
-                      f"{r['out_coactive']:>10.2f}{r['dense_err_out']:>10}{r['nc_corr']:>9.3f}"
-                      f"{seconds:>7.0f}s", flush=True)
+            print(f"\n== Residual MLPs ({method}); paper: W_in one subcomponent per feature, "
+                  "W_out exactly d_mlp subcomponents (Fig. 8) ==")
+            print(f"{'model':<12}{'seed':>5}{'W_in live':>12}{'id-CI err':>10}{'W_out live':>11}"
+                  f"{'dense err':>10}{'one neuron':>11}{'neurons':>8}{'follows':>8}"
+                  f"{'co-active':>10}{'NC corr':>9}{'time':>8}")
+        for name in sorted(resid, key=RESID_NAMES.index):
+            for seed in args.seeds:
+                r, seconds = done[name, seed, method]
+                live_in, err_in = ("/".join(map(str, r[k])) for k in ("live_in", "id_err_in"))
+                live_out = "/".join(map(str, r["live_out_layers"]))
+                print(f"{name:<12}{seed:>5}{live_in:>12}{err_in:>10}"
+                      f"{live_out:>11}{r['dense_err_out']:>10}{r['out_aligned']:>11}"
+                      f"{r['out_neurons']:>8}{r['out_follows']:>8.2f}{r['out_coactive']:>10.2f}"
+                      f"{r['nc_corr']:>9.3f}{seconds:>7.0f}s", flush=True)
+        if resid:
+            print("(one neuron: live W_out subcomponents whose read direction is within "
+                  "cos 0.9 of one neuron; neurons: distinct neurons they read; follows: how often "
+                  "CI > 0.1 coincides with that neuron firing, on one-hot inputs)")
 
+    cancellation = []
     if "cancellation" in args.experiments:
         print("\n== Cancellation toy: a +3/-3 pair on y, U V frozen at the mechanisms, CI trained ==")
         print("(β·n_out: SPD's optimum drops the pair above 3, VPD's above 10.5; features are kept "
               "up to 12 / 24)")
         print(f"{'β·n_out':>8}{'method':>7}{'g(A,B)':>8}{'g(feat)':>9}{'worst single ablation':>23}"
               f"{'stoch MSE':>11}{'PGD MSE':>9}")
-        for r in run_cancellation(args.out):
+        cancellation = run_cancellation(args.out)
+        for r in cancellation:
             print(f"{r['beta_n']:>8.1f}{r['method']:>7}{r['g_pair']:>8.3f}{r['g_feature']:>9.3f}"
                   f"{r['worst_single']:>23.3f}{r['stoch_mse']:>11.4f}{r['pgd_mse']:>9.4f}", flush=True)
 
-    print(f"\nfigures in {args.out}/   elapsed {time.time() - start:.0f}s")
+    elapsed = time.time() - start
+    runs = [dict(model=n, seed=seed, method=method, seconds=round(sec, 1), **row)
+            for (n, seed, method), (row, sec) in done.items()]
+    (args.out / "results.json").write_text(json.dumps(dict(
+        scale=scale, seeds=args.seeds, jobs=args.jobs, torch=torch.__version__,
+        elapsed_s=round(elapsed), runs=runs, cancellation=cancellation), indent=1))
+    print(f"\nfigures and results.json in {args.out}/   elapsed {elapsed:.0f}s")
     return 0
 
 

@@ -13,6 +13,9 @@ subcomponents are ``U [d_out, C]`` (columns write) and ``V [C, d_in]`` (rows rea
   pattern (one subcomponent per feature; or ``k`` subcomponents active on every input).
 * :func:`neuron_contributions`, :func:`subcomponent_neuron_contributions` — eqs. 11–12 for the
   residual-MLP models.
+* :func:`subcomponent_norms`, :func:`axis_alignment` — the size of each subcomponent (the SPD
+  paper counts "subcomponents with non-negligible norm", §4.1) and whether it reads one input
+  axis (one neuron, for a residual MLP's ``W_out``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "alive_subcomponents",
+    "axis_alignment",
     "best_matching_subcomponents",
     "dense_ci_error",
     "identity_ci_error",
@@ -40,6 +44,7 @@ __all__ = [
     "permute_to_identity",
     "single_ablation_errors",
     "subcomponent_neuron_contributions",
+    "subcomponent_norms",
 ]
 
 _EPS = 1e-12
@@ -165,10 +170,12 @@ def identity_ci_error(ci: Float[torch.Tensor, "n C"], tolerance: float = 0.1) ->
 
 
 def dense_ci_error(ci: Float[torch.Tensor, "n C"], k: int, tolerance: float = 0.1) -> int:
-    """Distance from the pattern "exactly ``k`` subcomponents are important on every input"
-    (the residual MLP's ``W_out``, SPD paper Fig. 8): after :func:`permute_to_dense`, the first
-    ``k`` columns each lacking any entry ``≥ 1 − tolerance`` count 1, and every entry above
-    ``tolerance`` in the remaining columns counts 1 (the reference implementation's metric)."""
+    """Distance from the pattern "exactly ``k`` subcomponents carry the matrix" (the residual
+    MLP's ``W_out``, SPD paper Fig. 8: "the correct number of subcomponents in W_out (50)"):
+    after :func:`permute_to_dense`, the first ``k`` columns each lacking any entry
+    ``≥ 1 − tolerance`` count 1, and every entry above ``tolerance`` in the remaining columns
+    counts 1 (the reference implementation's metric). It does not ask the ``k`` to be active
+    on every input."""
     if ci.shape[1] < k:
         raise ValueError(f"need at least k={k} subcomponents, got {ci.shape[1]}")
     permuted, _ = permute_to_dense(ci)
@@ -245,3 +252,24 @@ def subcomponent_neuron_contributions(
     per_c = in_conn * out_conn[:, None, :]
     best = per_c.max(dim=-1).values.argmax(dim=-1)
     return per_c[torch.arange(W_E.shape[0]), best], best
+
+
+def subcomponent_norms(U: Float[torch.Tensor, "d_out C"], V: Float[torch.Tensor, "C d_in"]
+                       ) -> Float[torch.Tensor, " C"]:
+    """Frobenius norm of each rank-1 subcomponent, ``‖u_c v_cᵀ‖ = ‖u_c‖ ‖v_c‖``."""
+    return U.detach().norm(dim=0) * V.detach().norm(dim=1)
+
+
+def axis_alignment(V: Float[torch.Tensor, "C d_in"]
+                   ) -> tuple[Float[torch.Tensor, " C"], Int[torch.Tensor, " C"]]:
+    """How close each subcomponent's read direction ``v_c`` is to one input axis.
+
+    For a residual MLP's ``W_out`` the input axes are the neurons: a value near 1 means
+    subcomponent ``c`` reads a single neuron.
+
+    Returns:
+        ``(|cos|, axis)``: the largest absolute cosine between ``v_c`` and a standard basis
+        vector, and that vector's index.
+    """
+    V = V.detach()
+    return (V.abs() / V.norm(dim=1, keepdim=True).clamp_min(_EPS)).max(dim=1)
