@@ -20,7 +20,7 @@ and measures:
   SPD and VPD, over a sweep of the importance coefficient.
 
 It prints the tables and the elapsed time, and writes to ``--out`` every run's numbers
-(``results.json``, which tutorial 01 reads) and PNGs of the permuted CI matrices and the TMS
+(``results.json``) and PNGs of the permuted CI matrices and the TMS
 subcomponent columns.
 
 Scales: ``paper`` uses ``tl_vpd.toy_models.reproduce``'s settings (the SPD paper's / reference
@@ -115,10 +115,11 @@ def run_resid(name, seed, scale, method, out):
 def resid_row(target, dec, plot=None):
     """The residual-MLP table's numbers for one decomposition (and its CI picture to ``plot``)."""
     ci = M.one_hot_causal_importance(dec, target.n_features)
+    live = {s: M.alive_subcomponents(g, 0.1) for s, g in ci.items()}
     ins = [s for s in dec.sites if s.endswith("W_in")]
     outs = [s for s in dec.sites if s.endswith("W_out")]
     ci_out = torch.cat([ci[s] for s in outs], dim=1)
-    live_out = M.alive_subcomponents(ci_out, 0.1)
+    live_out = torch.cat([live[s] for s in outs])
     W_in = torch.cat([dec.target_weight(s) for s in ins], 0)
     W_out = torch.cat([dec.target_weight(s) for s in outs], 1)
     nc_model = M.neuron_contributions(target.W_E, W_in, W_out)
@@ -127,9 +128,8 @@ def resid_row(target, dec, plot=None):
     aligned, neurons, follows = 0, set(), []
     h = dec.run_target(0.75 * torch.eye(target.n_features))[1]
     for i, site in enumerate(outs):
-        live = M.alive_subcomponents(ci[site], 0.1)
         cos, axis = M.axis_alignment(dec.components[site].V)
-        one = live & (cos >= 0.9)
+        one = live[site] & (cos >= 0.9)
         aligned += int(one.sum())
         neurons |= {(i, int(a)) for a in axis[one]}
         on = h[site].detach()[:, axis[one]] > 0
@@ -137,10 +137,10 @@ def resid_row(target, dec, plot=None):
     row = dict(
         # Per layer: a feature's component spans the layers (SPD paper §4.3), one
         # subcomponent of each layer's W_in.
-        live_in=[int(M.alive_subcomponents(ci[s], 0.1).sum()) for s in ins],
+        live_in=[int(live[s].sum()) for s in ins],
         id_err_in=[M.identity_ci_error(ci[s]) for s in ins],
         live_out=int(live_out.sum()),
-        live_out_layers=[int(M.alive_subcomponents(ci[s], 0.1).sum()) for s in outs],
+        live_out_layers=[int(live[s].sum()) for s in outs],
         out_coactive=(ci_out[:, live_out] > 0.1).float().mean().item() if live_out.any() else 0.0,
         dense_err_out=sum(M.dense_ci_error(ci[s], target.d_mlp) for s in outs),
         out_aligned=aligned, out_neurons=len(neurons),
@@ -314,19 +314,20 @@ def main(argv=None):
     start = time.time()
     print(f"scale={scale} seeds={args.seeds} methods={methods} torch={torch.__version__}", flush=True)
 
-    tms = [n for n in LONGEST_FIRST if n in args.experiments and n in TMS_NAMES]
-    resid = [n for n in LONGEST_FIRST if n in args.experiments and n in RESID_NAMES]
-    # Every (method, model, seed) run in one pool, longest first, so both cores stay busy.
+    tms = [n for n in TMS_NAMES if n in args.experiments]
+    resid = [n for n in RESID_NAMES if n in args.experiments]
+    # Every (model, seed, method) run in one pool, longest first, so both cores stay busy.
+    keys = [(n, seed, method) for n in LONGEST_FIRST if n in tms + resid
+            for method in methods for seed in args.seeds]
     tasks = [(run_tms if n in TMS_NAMES else run_resid, n, seed, scale, method, args.out)
-             for n in LONGEST_FIRST if n in tms + resid for method in methods
-             for seed in args.seeds]
-    done = dict(zip([t[1:3] + t[4:5] for t in tasks], _map(_timed, tasks, args.jobs)))
+             for n, seed, method in keys]
+    done = dict(zip(keys, _map(_timed, tasks, args.jobs)))
     for method in methods:
         if tms:
             print(f"\n== TMS ({method}) vs SPD paper Table 1 ==")
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
                   f"{'id-CI err l1/l2':>17}{'identity live/sized':>21}{'time/seed':>11}")
-        for name in sorted(tms, key=TMS_NAMES.index):
+        for name in tms:
             timed = [done[name, seed, method] for seed in args.seeds]
             rows = [r for r, _ in timed]
             per = statistics.mean(seconds for _, seconds in timed)
@@ -346,7 +347,7 @@ def main(argv=None):
             print(f"{'model':<12}{'seed':>5}{'W_in live':>12}{'id-CI err':>10}{'W_out live':>11}"
                   f"{'dense err':>10}{'one neuron':>11}{'neurons':>8}{'follows':>8}"
                   f"{'co-active':>10}{'NC corr':>9}{'time':>8}")
-        for name in sorted(resid, key=RESID_NAMES.index):
+        for name in resid:
             for seed in args.seeds:
                 r, seconds = done[name, seed, method]
                 live_in, err_in = ("/".join(map(str, r[k])) for k in ("live_in", "id_err_in"))
