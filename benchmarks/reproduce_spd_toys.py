@@ -44,6 +44,7 @@ import torch
 from tl_vpd.evaluate import pgd_recon
 from tl_vpd.losses import mse_recon_loss
 from tl_vpd.masking import masks_from_sources, sample_sources
+from tl_vpd.precision import bf16_is_fast
 from tl_vpd.toy_models import (
     EXPERIMENTS,
     CancellationData,
@@ -55,6 +56,8 @@ from tl_vpd.toy_models import (
 )
 from tl_vpd.toy_models import metrics as M
 from tl_vpd.toy_models._runtime import single_threaded
+
+from _toy_plots import plot_ci, plot_neuron_alignment, plot_tms_columns
 
 TMS_NAMES = ["tms_5-2", "tms_40-10", "tms_5-2-id", "tms_40-10-id"]
 RESID_NAMES = ["resid_mlp1", "resid_mlp2", "resid_mlp3"]
@@ -71,13 +74,18 @@ PAPER_TABLE1 = {  # SPD paper Table 1: (MMCS, ML2R)
 # 6000 steps, lr 5e-3 cosine to 0 (MMCS 0.999 ± 0.002 over 3 seeds, ~150 CPU s per run; 3000
 # steps gave 0.960; benchmarks/results/tms_40-10_sweep.md, round 3); the 1-layer residual MLP
 # at batch 512 and lr 5e-3 gave ~100 one-feature W_in subcomponents in 4000 steps with an
-# importance coefficient of 2e-5 (1e-5, the paper's, was ~3x slower at this batch size).
+# importance coefficient of 2e-5 (1e-5, the paper's, was ~3x slower at this batch size); 6000
+# steps leave 53 live W_out subcomponents (50 one per neuron; 4000 left 64). bf16 autocast halves
+# its step where bf16 matmuls are native (62 -> 28 CPU ms/step here, AMX) with the same result
+# on seed 0 (W_in 100 live, id-CI error 0; W_out 53 live, 50 one-neuron, dense error 3;
+# benchmarks/results/resid_mlp_sweep.md).
 CPU_OVERRIDES = {
     "tms_5-2": dict(steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.1),
     "tms_5-2-id": dict(steps=3000, batch_size=1024, lr=5e-3, lr_final_frac=0.1),
     "tms_40-10": dict(steps=6000, batch_size=512, lr=5e-3),
     "tms_40-10-id": dict(steps=6000, batch_size=512, lr=5e-3),
-    "resid_mlp1": dict(steps=4000, batch_size=512, lr=5e-3, coeff_minimality=2e-5),
+    "resid_mlp1": dict(steps=6000, batch_size=512, lr=5e-3, coeff_minimality=2e-5,
+                       autocast="bfloat16" if bf16_is_fast("cpu") else "none"),
     "resid_mlp2": dict(steps=6000, batch_size=512, C=200, lr=5e-3, coeff_minimality=2e-5),
     "resid_mlp3": dict(steps=8000, batch_size=512, C=250, ci_hidden=32, lr=5e-3,
                        coeff_minimality=1e-5),
@@ -102,18 +110,19 @@ def run_tms(name, seed, scale, method, out):
         norms = M.subcomponent_norms(c.U, c.V)
         row["identity_sized"] = int((norms >= NEGLIGIBLE * norms.max()).sum())
     if seed == 0 and out is not None:
-        _plot_ci(ci, out / f"{name}_{method}_ci.png", dense={"hidden_layers.0"})
-        _plot_tms_columns(target, dec, out / f"{name}_{method}_columns.png")
+        plot_ci(ci, out / f"{name}_{method}_ci.png", dense={"hidden_layers.0"})
+        plot_tms_columns(target, dec, out / f"{name}_{method}_columns.png")
     return row
 
 
 def run_resid(name, seed, scale, method, out):
     target, dec = _reproduce(name, seed, scale, method)
-    return resid_row(target, dec, out / f"{name}_{method}_ci.png" if seed == 0 and out else None)
+    return resid_row(target, dec, out / f"{name}_{method}" if seed == 0 and out else None)
 
 
 def resid_row(target, dec, plot=None):
-    """The residual-MLP table's numbers for one decomposition (and its CI picture to ``plot``)."""
+    """The residual-MLP table's numbers for one decomposition; with a path prefix ``plot``, also
+    its CI matrices (``<plot>_ci.png``) and W_out neuron reading (``<plot>_neurons.png``)."""
     ci = M.one_hot_causal_importance(dec, target.n_features)
     live = {s: M.alive_subcomponents(g, 0.1) for s, g in ci.items()}
     ins = [s for s in dec.sites if s.endswith("W_in")]
@@ -148,8 +157,9 @@ def resid_row(target, dec, plot=None):
         nc_corr=torch.corrcoef(torch.stack([nc_model.flatten(), nc_sub.flatten()]))[0, 1].item(),
     )
     if plot is not None:
-        _plot_ci({"W_in (all layers)": torch.cat([ci[s] for s in ins], 1),
-                  "W_out (all layers)": ci_out}, plot, dense={"W_out (all layers)"})
+        plot_ci({"W_in (all layers)": torch.cat([ci[s] for s in ins], 1),
+                 "W_out (all layers)": ci_out}, f"{plot}_ci.png", dense={"W_out (all layers)"})
+        plot_neuron_alignment(dec, outs, live, f"{plot}_neurons.png")
     return row
 
 
@@ -232,64 +242,6 @@ def _stochastic_mse(dec, x, y, ci, samples=8):
     return total / samples
 
 
-def _plot_ci(ci, path, dense=()):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(ci), figsize=(4.2 * len(ci), 3.6), squeeze=False)
-    for ax, (site, g) in zip(axes[0], ci.items()):
-        g = g.detach()
-        permuted = (M.permute_to_dense(g) if site in dense else M.permute_to_identity(g))[0]
-        im = ax.imshow(permuted.numpy(), vmin=0, vmax=1, cmap="Blues", aspect="auto",
-                       interpolation="nearest")
-        ax.set_title(site)
-        ax.set_xlabel("subcomponent (permuted)")
-        ax.set_ylabel("one-hot input feature (0.75)")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="causal importance")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _plot_tms_columns(target, dec, path):
-    """Target columns of W next to the live linear1 subcomponents' columns."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    comp = dec.components["linear1"]
-    g = M.one_hot_causal_importance(dec, target.n_features)["linear1"]
-    live = M.alive_subcomponents(g, 0.1).nonzero().flatten().tolist()
-    W = target.W.detach()
-    if target.n_hidden == 2:
-        fig, axes = plt.subplots(1, 1 + len(live), figsize=(2.4 * (1 + len(live)), 2.6))
-        panels = [("target W", W)] + [(f"subcomponent {c}", torch.outer(comp.U[:, c], comp.V[c]).detach())
-                                      for c in live]
-        for ax, (title, M_) in zip(axes, panels):
-            for j in range(M_.shape[1]):
-                ax.arrow(0, 0, M_[0, j].item(), M_[1, j].item(), head_width=0.05,
-                         color=f"C{j}", length_includes_head=True)
-            ax.set_xlim(-1.3, 1.3)
-            ax.set_ylim(-1.3, 1.3)
-            ax.set_aspect("equal")
-            ax.set_title(title, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    else:
-        _, best, _ = M.best_matching_subcomponents(W, comp.U, comp.V)
-        recon = torch.stack([comp.U[:, c] * comp.V[c, j] for j, c in enumerate(best.tolist())], 1)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-        for ax, (title, M_) in zip(axes, [("target W columns", W),
-                                          ("best-matching subcomponent columns", recon.detach())]):
-            ax.imshow(M_.numpy(), cmap="RdBu", vmin=-1.5, vmax=1.5, aspect="auto")
-            ax.set_title(title)
-            ax.set_xlabel("feature")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _mean_std(values):
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -336,7 +288,7 @@ def main(argv=None):
             errs = ",".join(f"{r['id_err_linear1']}/{r['id_err_linear2']}" for r in rows)
             print(f"{name:<14}{_mean_std([r['mmcs'] for r in rows]):>16}{PAPER_TABLE1[name][0]:>16}"
                   f"{_mean_std([r['ml2r'] for r in rows]):>16}{PAPER_TABLE1[name][1]:>16}"
-                  f"{errs:>17}{idl:>21}{per:>10.0f}s", flush=True)
+                  f" {errs:>17}{idl:>21}{per:>10.0f}s", flush=True)
         if tms:
             print(f"(identity live|sized: live at CI > 0.1 on any input | subcomponents of "
                   f"norm ≥ {NEGLIGIBLE:g} × the site's largest, the paper's count; expect n_hidden)")

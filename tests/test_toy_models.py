@@ -1,9 +1,9 @@
 """Toy targets with known ground truth and recovery by the engine (the metrics' unit tests:
 test_metrics.py).
 
-Fast tier: the engine's exactness on every toy target, and four short
-decompositions (TMS 5-2, TMS 5-2 + identity, the 1-layer residual MLP's W_in, the cancellation
-toy); slow tier (``-m slow``): TMS 40-10 and the residual MLP's W_out at the CPU setting.
+Fast tier: the engine's exactness on every toy target, and short decompositions (TMS 5-2,
+TMS 5-2 + identity, the 1-layer residual MLP's W_in, the cancellation toy);
+slow tier (``-m slow``): TMS 40-10 and the residual MLP's W_out at the CPU setting.
 Longer reproductions live in ``benchmarks/reproduce_spd_toys.py``.
 """
 
