@@ -20,8 +20,9 @@ and measures:
   SPD and VPD, over a sweep of the importance coefficient.
 
 It prints the tables and the elapsed time, and writes to ``--out`` every run's numbers
-(``results.json``) and PNGs of the permuted CI matrices and the TMS
-subcomponent columns.
+(``results.json``) and PNGs of the permuted CI matrices, the TMS subcomponent columns and
+the residual MLP's W_out read directions against the neuron axes (``_toy_plots.py``). The
+stored CPU-scale run is ``benchmarks/results/spd_toys_cpu/`` (tutorial 01 §5 reads it).
 
 Scales: ``paper`` uses ``tl_vpd.toy_models.reproduce``'s settings (the SPD paper's / reference
 implementation's run lengths: 10k steps at batch 4096 for TMS, 30k-200k at batch 2048 for the
