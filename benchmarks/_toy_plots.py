@@ -18,7 +18,6 @@ def _pyplot():
 
 def plot_ci(ci, path, dense=()):
     plt = _pyplot()
-
     fig, axes = plt.subplots(1, len(ci), figsize=(4.2 * len(ci), 3.6), squeeze=False)
     for ax, (site, g) in zip(axes[0], ci.items()):
         g = g.detach()
@@ -36,7 +35,6 @@ def plot_ci(ci, path, dense=()):
 def plot_tms_columns(target, dec, path):
     """Target columns of W next to the live linear1 subcomponents' columns."""
     plt = _pyplot()
-
     comp = dec.components["linear1"]
     g = M.one_hot_causal_importance(dec, target.n_features)["linear1"]
     live = M.alive_subcomponents(g, 0.1).nonzero().flatten().tolist()
@@ -75,8 +73,7 @@ def plot_neuron_alignment(dec, sites, live, path):
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(sites), figsize=(4.4 * len(sites), 3.6), squeeze=False)
     for ax, site in zip(axes[0], sites):
-        V = dec.components[site].V.detach()[live[site]]
-        cos = V.abs() / V.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        cos = M.axis_cosines(dec.components[site].V)[live[site]]
         best, axis = cos.max(dim=1)
         order = sorted(range(len(axis)), key=lambda c: (int(axis[c]), -float(best[c])))
         im = ax.imshow(cos[order].T.numpy(), vmin=0, vmax=1, cmap="Blues", aspect="auto",

@@ -13,9 +13,9 @@ subcomponents are ``U [d_out, C]`` (columns write) and ``V [C, d_in]`` (rows rea
   pattern (one subcomponent per feature; or ``k`` subcomponents active on every input).
 * :func:`neuron_contributions`, :func:`subcomponent_neuron_contributions` — eqs. 11–12 for the
   residual-MLP models.
-* :func:`subcomponent_norms`, :func:`axis_alignment` — the size of each subcomponent (the SPD
-  paper counts "subcomponents with non-negligible norm", §4.1) and whether it reads one input
-  axis (one neuron, for a residual MLP's ``W_out``).
+* :func:`subcomponent_norms`, :func:`axis_alignment` (:func:`axis_cosines`) — the size of each
+  subcomponent (the SPD paper counts "subcomponents with non-negligible norm", §4.1) and whether
+  it reads one input axis (one neuron, for a residual MLP's ``W_out``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "alive_subcomponents",
     "axis_alignment",
+    "axis_cosines",
     "best_matching_subcomponents",
     "dense_ci_error",
     "identity_ci_error",
@@ -260,6 +261,12 @@ def subcomponent_norms(U: Float[torch.Tensor, "d_out C"], V: Float[torch.Tensor,
     return U.detach().norm(dim=0) * V.detach().norm(dim=1)
 
 
+def axis_cosines(V: Float[torch.Tensor, "C d_in"]) -> Float[torch.Tensor, "C d_in"]:
+    """``|cos|`` between each subcomponent's read direction ``v_c`` and every input axis."""
+    V = V.detach()
+    return V.abs() / V.norm(dim=1, keepdim=True).clamp_min(_EPS)
+
+
 def axis_alignment(V: Float[torch.Tensor, "C d_in"]
                    ) -> tuple[Float[torch.Tensor, " C"], Int[torch.Tensor, " C"]]:
     """How close each subcomponent's read direction ``v_c`` is to one input axis.
@@ -271,5 +278,4 @@ def axis_alignment(V: Float[torch.Tensor, "C d_in"]
         ``(|cos|, axis)``: the largest absolute cosine between ``v_c`` and a standard basis
         vector, and that vector's index.
     """
-    V = V.detach()
-    return (V.abs() / V.norm(dim=1, keepdim=True).clamp_min(_EPS)).max(dim=1)
+    return axis_cosines(V).max(dim=1)
