@@ -136,7 +136,12 @@ def test_the_sweep_tabulates_finished_runs(pipeline, tmp_path):
     assert row["point"]["C"] == TINY_VPD["C"] and row["point"]["steps"] == TINY_VPD["steps"]
     assert row["pgd20_max_per_stochastic"] == report.pgd(20)["per_stochastic_max"]
     assert row["alive_per_C"] == report.total["alive"] / report.total["C"]
-    assert "C=32" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "C=32" in table
+    # The unmasked row (Δ excluded) is shown: a point that drops the faithfulness loss can look
+    # better on every other column while U V drifts from W.
+    unmasked = f"{100 * report.row('unmasked')['ce_recovered']:.1f}%"
+    assert "CE rec. (unmasked)" in table and unmasked in table.splitlines()[-1]
 
 
 @pytest.mark.slow

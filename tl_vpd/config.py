@@ -100,7 +100,7 @@ class VPDConfig:
     leaky_alpha: float = _shape("leaky_alpha", ge=0.0, le=1.0)
 
     # --- loss coefficients ---------------------------------------------------------------------
-    coeff_faithfulness: float = bounded(1e4, ge=0.0)  # tuned for CPU: at lr 1e-3 the paper's 1e7 dominates Adam's second moments and pins U, V at their warm-up values (measured: U moved 0.6% in 150 steps vs 7% at 1e4, Δ-L2 still < 1e-6); the paper pairs 1e7 with lr 5e-5 and 400k steps
+    coeff_faithfulness: float = bounded(1e4, ge=0.0)  # tuned for CPU: at lr 1e-3 the paper's 1e7 dominates Adam's second moments and pins U, V at their warm-up values (measured: U moved 0.6% in 150 steps vs 7% at 1e4, Δ-L2 still < 1e-6); the paper pairs 1e7 with lr 5e-5 and 400k steps; the packaged main-job configs use 1e3 (benchmarks/results/sweep_default_faithfulness.md)
     use_delta_component: bool = True  # VPD paper: Δ = W − UV is masked by its own source; SPD has no Δ (mask 0)
     coeff_stochastic: float = bounded(0.5, ge=0.0)  # VPD paper
     coeff_layerwise: float = bounded(0.0, ge=0.0)  # VPD paper: subset routing replaces SPD's layerwise loss
