@@ -27,7 +27,8 @@ RECIPE = dict(C=32, steps=300, batch_size=8, seq_len=32, lr=2e-3, coeff_faithful
 # Measured over seeds 0-2 (strongest restart): PGD-20 ÷ stochastic KL 2.75-3.79, ÷ zero-ablation
 # KL 0.182-0.253, L0/alive 0.127-0.157; the bounds add ~35% margin. With coeff_faithfulness 1e4
 # (the recipe before 2026-12-04) seeds 0-2 gave 2.99-4.03, 0.195-0.273 and 0.135-0.155 (seed 0
-# re-measured with this code: 2.94, 0.206, 0.133); the earlier recipe (shared-MLP CI, ppgd_lr 0.01, subset routing for the adversary) 7.75x, 0.38, 0.40.
+# re-measured with this code: 2.94, 0.206, 0.133); the earlier recipe (shared-MLP CI, ppgd_lr
+# 0.01, subset routing for the adversary) 7.75x, 0.38, 0.40.
 MAX_PGD_PER_STOCHASTIC = 5.1
 MAX_PGD_PER_ZERO = 0.34
 MAX_L0_PER_ALIVE = 0.21
