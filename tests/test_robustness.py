@@ -12,6 +12,7 @@ import pytest
 import tl_vpd
 from tl_vpd.data import default_corpus
 from tl_vpd.evaluate import evaluate
+from tl_vpd.pipeline import packaged_config
 from tl_vpd.target import target_config, train_target
 from tl_vpd.target_model import HAS_HOOKED_TRANSFORMER
 
@@ -19,11 +20,11 @@ if not HAS_HOOKED_TRANSFORMER:
     pytest.skip("the bounds were measured on the TL 3.9 (HookedTransformer) target; TL 4 builds "
                 "and initialises the target as a bridge, another model", allow_module_level=True)
 
-# The quick recipe's knobs (configs/quick_vpd.yaml) at the tiny target's size.
-RECIPE = dict(C=32, steps=300, batch_size=8, seq_len=32, lr=2e-3, coeff_faithfulness=1e3,
-              faithfulness_warmup_steps=200, ci_fn="global_transformer", coeff_minimality=1e-3,
-              ppgd_lr=0.1, adversarial_routing="all", p_anneal_end_frac=0.6, log_every=0,
-              progress=False)
+# The quick recipe (the packaged quick_vpd.yaml) at the tiny target's size, without the training
+# loop's evaluations and checkpoints.
+RECIPE = tl_vpd.VPDConfig.from_file(packaged_config("quick_vpd.yaml")).replace(
+    C=32, steps=300, seq_len=32, eval_every=0, eval_batches=4, eval_pgd_steps=20,
+    checkpoint_every=0, log_every=0, progress=False)
 # Measured over seeds 0-2 (strongest restart): PGD-20 ÷ stochastic KL 2.75-3.79, ÷ zero-ablation
 # KL 0.182-0.253, L0/alive 0.127-0.157; the bounds add ~35% margin. With coeff_faithfulness 1e4
 # (the recipe before 2026-12-04) seeds 0-2 gave 2.99-4.03, 0.195-0.273 and 0.135-0.155 (seed 0
@@ -45,7 +46,7 @@ def target():  # one torch thread, as in every test (conftest.py)
 
 def robustness(model, corpus, seed: int = 0) -> dict:
     """Decompose with the quick recipe and attack it; the numbers the bounds are about."""
-    dec = tl_vpd.decompose(model, tl_vpd.VPDConfig(**RECIPE, seed=seed), corpus.train)
+    dec = tl_vpd.decompose(model, RECIPE.replace(seed=seed), corpus.train)
     report = evaluate(dec, corpus.val, n_batches=2, batch_size=16, pgd_steps=(20,),
                       pgd_tokens=2048, pgd_restarts=2, seed=seed, progress=False)
     row = report.pgd(20)
