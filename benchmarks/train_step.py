@@ -6,9 +6,11 @@ Model (the speed issue's benchmark): LLaMA-style 4 layers (RMSNorm, rotary, gate
 d_model 128, 4 heads, d_mlp 512, vocab 4096, n_ctx 128; all 28 matrices decomposed at C = 512;
 batch 8 × 128 tokens; shared-MLP CI (64 hidden); uniform-k-subset routing.
 
-Rows: the target's own fp32 forward + backward, then stochastic-only, + fresh PGD-20 and
-+ persistent PGD (2 inner steps), each in fp32 (``autocast="none"``), in the default precision,
-and in the default precision with ``compile=True`` (the first steps, which compile, are warm-up).
+Rows: the target's own fp32 forward + backward, then stochastic-only, + fresh PGD-20,
++ persistent PGD with 2 inner steps (the VPD paper's), 1, and 0 (the sources ascend only on
+the gradient the outer pass leaves on them), each in fp32 (``autocast="none"``), in the default
+precision, and in the default precision with ``compile=True`` (the first steps, which compile,
+are warm-up).
 Each row runs in its own process (so peak RSS is its own) and the rows are run in two interleaved
 rounds (median kept). "× floor" is s/step over the arithmetic floor: the step's matmul FLOPs
 (target forward + masked forward and backward per masked pass) at the matmul rate this machine
@@ -32,9 +34,14 @@ ADVERSARY = {
     "stochastic only": dict(adversary="none", coeff_adversarial=0.0),
     "+ fresh PGD-20": dict(adversary="fresh", pgd_steps=20),
     "+ persistent PGD (2 inner)": dict(adversary="persistent", ppgd_inner_steps=2),
+    # The sources ascend once per step on the gradient the outer pass leaves on them (no warm-up
+    # pass); the VPD paper runs 2 warm-up ascents.
+    "+ persistent PGD (1 inner)": dict(adversary="persistent", ppgd_inner_steps=1),
+    "+ persistent PGD (0 inner)": dict(adversary="persistent", ppgd_inner_steps=0),
 }
 # Masked forward + backward passes per step, for the FLOP floor.
-PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1, "+ persistent PGD (2 inner)": 1 + 2 + 1}
+PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1, "+ persistent PGD (2 inner)": 1 + 2 + 1,
+          "+ persistent PGD (1 inner)": 1 + 1 + 1, "+ persistent PGD (0 inner)": 1 + 1}
 
 
 def gated_model():
@@ -96,6 +103,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small batch and C, 1 round (CI)")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--no-scaling", action="store_true", help="skip the linearity table")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="run only the modes / autocast kinds whose name contains one of these "
+                         "(e.g. --only stochastic persistent --autocast auto)")
+    ap.add_argument("--autocast", nargs="+", metavar="KIND",
+                    help="autocast kinds to run (none, auto, auto+compile; default: all three)")
     args = ap.parse_args()
     if args.row:
         print(json.dumps(run_row(*json.loads(args.row))))
@@ -105,7 +117,10 @@ def main():
     default = tl_vpd.VPDConfig().autocast
     B, T, C, reps, rounds = (2, 32, 64, 1, 1) if args.quick else (8, 128, 512, 3, 2)
     kinds = ("none", default, f"{default}+compile")
-    rows = [("target fwd+bwd", "none")] + [(n, a) for n in ADVERSARY for a in kinds]
+    if args.autocast:
+        kinds = tuple(args.autocast)
+    modes = [n for n in ADVERSARY if not args.only or any(t in n for t in args.only)]
+    rows = [("target fwd+bwd", "none")] + [(n, a) for n in modes for a in kinds]
     results = {r: [] for r in rows}
     t0 = time.time()
     for _ in range(rounds):  # interleaved rounds: load from elsewhere hits every row alike
@@ -129,9 +144,12 @@ def main():
         gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
         print(f"{name:<28}{ac:>14}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
               f"{r['s'] / stoch:>9.2f}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
-    for k in kinds[1:]:
-        p = res[("+ persistent PGD (2 inner)", k)]["s"] / res[("stochastic only", k)]["s"]
-        print(f"persistent PGD (2 inner) / stochastic-only, {k}: {p:.2f} (target ≤ 1.5)")
+    for k in kinds:
+        for n in ("2 inner", "1 inner", "0 inner"):
+            pers, stoch = res.get((f"+ persistent PGD ({n})", k)), res.get(("stochastic only", k))
+            if pers and stoch:
+                print(f"persistent PGD ({n}) / stochastic-only, {k}: "
+                      f"{pers['s'] / stoch['s']:.2f} (target ≤ 1.5)")
     if not args.no_scaling:
         print(f"\nlinearity ({default}, stochastic only; time ÷ base should track the factor):")
         print(f"{'B·T':>8}{'C':>6}{'s/step':>9}{'× base':>8}")

@@ -67,3 +67,36 @@ def test_spd_recipe_has_one_layerwise_loss_per_site():
     assert names[:3] == ["faithfulness", "minimality", "stochastic"]
     assert names[3:] == ["layerwise"] * len(dec.sites)
     assert all(c == 1.0 / len(dec.sites) for n, c in out if n == "layerwise")
+
+
+def test_outer_pass_leaves_the_ascent_gradient_on_persistent_sources(monkeypatch):
+    """``ppgd_inner_steps: 0`` ascends on the gradient the outer adversarial pass leaves on the
+    sources (no extra forward). That gradient must be the inner step's own direction: the
+    frozen-CI reconstruction loss's gradient at the same sources, times the loss's coefficient."""
+    cfg = VPDConfig(C=4, adversary="persistent", routing="all", coeff_stochastic=0.0,
+                    ppgd_inner_steps=1)
+    # lr 0: the inner ascent leaves the sources where they are
+    ps = PersistentSources(cfg.ppgd_scope, 0.0, cfg.ppgd_betas, init="random")
+    inner = {}
+    real_ascend = PersistentSources.ascend
+
+    def recording_ascend(self):
+        inner.update({k: s.grad.clone() for k, s in self.sources.items()})
+        real_ascend(self)
+
+    monkeypatch.setattr(PersistentSources, "ascend", recording_ascend)
+    start = {}
+    real_current = PersistentSources.current
+
+    def recording_current(self, ci, generator=None):
+        out = real_current(self, ci, generator)
+        start.setdefault("s", {k: s.detach().clone() for k, s in self.sources.items()})
+        return out
+
+    monkeypatch.setattr(PersistentSources, "current", recording_current)
+    _yielded(cfg, ps)
+    assert set(inner) == set(ps.sources) and inner
+    for k, s in ps.sources.items():
+        assert torch.equal(s.detach(), start["s"][k])  # the inner step did not move them
+        assert s.grad is not None and inner[k].abs().sum() > 0
+        torch.testing.assert_close(s.grad, cfg.coeff_adversarial * inner[k], rtol=1e-5, atol=1e-8)

@@ -130,7 +130,7 @@ class VPDConfig:
     ppgd_lr: float = bounded(0.01, gt=0.0)  # VPD paper: Adam lr of the persistent sources
     ppgd_lr_warmup_frac: float = bounded(0.0, ge=0.0, le=1.0)  # library choice: no warm-up (the VPD paper warms the sources' lr up linearly over 2.5% of the run: the vpd_paper preset)
     ppgd_betas: tuple[float, float] = (0.5, 0.99)  # VPD paper
-    ppgd_inner_steps: int = bounded(2, ge=0)  # VPD paper: 2 warm-up ascent steps before the outer pass
+    ppgd_inner_steps: int = bounded(2, ge=0)  # VPD paper: 2 warm-up ascent steps before the outer pass (0: one ascent per step on the outer pass's gradient, 0.65x the step time on benchmarks/train_step.py but a far weaker decomposition: benchmarks/results/sweep_default_ppgd_inner.md)
     ppgd_scope: PPGDScopeKind = "per_token"  # VPD paper
     ppgd_bank_size: int = bounded(8, ge=1)  # tuned for CPU: masks in the "bank" scope (unused by the VPD paper)
 
