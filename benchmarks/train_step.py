@@ -34,14 +34,14 @@ ADVERSARY = {
     "stochastic only": dict(adversary="none", coeff_adversarial=0.0),
     "+ fresh PGD-20": dict(adversary="fresh", pgd_steps=20),
     "+ persistent PGD (2 inner)": dict(adversary="persistent", ppgd_inner_steps=2),
-    # The sources ascend once per step on the gradient the outer pass leaves on them (no warm-up
-    # pass); the VPD paper runs 2 warm-up ascents.
     "+ persistent PGD (1 inner)": dict(adversary="persistent", ppgd_inner_steps=1),
+    # No warm-up pass: the sources ascend once per step, on the gradient the outer pass leaves.
     "+ persistent PGD (0 inner)": dict(adversary="persistent", ppgd_inner_steps=0),
 }
 # Masked forward + backward passes per step, for the FLOP floor.
-PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1, "+ persistent PGD (2 inner)": 1 + 2 + 1,
-          "+ persistent PGD (1 inner)": 1 + 1 + 1, "+ persistent PGD (0 inner)": 1 + 1}
+PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1,
+          "+ persistent PGD (2 inner)": 1 + 2 + 1, "+ persistent PGD (1 inner)": 1 + 1 + 1,
+          "+ persistent PGD (0 inner)": 1 + 1}
 
 
 def gated_model():
@@ -104,7 +104,7 @@ def main():
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--no-scaling", action="store_true", help="skip the linearity table")
     ap.add_argument("--only", nargs="+", metavar="TEXT",
-                    help="run only the modes / autocast kinds whose name contains one of these "
+                    help="run only the modes whose name contains one of these "
                          "(e.g. --only stochastic persistent --autocast auto)")
     ap.add_argument("--autocast", nargs="+", metavar="KIND",
                     help="autocast kinds to run (none, auto, auto+compile; default: all three)")
@@ -138,12 +138,13 @@ def main():
     print(f"{'mode':<28}{'autocast':>14}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
           f"{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")
     for (name, ac), r in res.items():
-        stoch = res.get(("stochastic only", ac), r)["s"]
+        stoch = res.get(("stochastic only", ac))  # blank when that row was not run (--only)
+        x_stoch = "" if stoch is None else f"{r['s'] / stoch['s']:.2f}"
         fl = step_flops(model, C, B, T, PASSES.get(name, 0)) if name in PASSES else None
         floor = "" if fl is None else f"{r['s'] / (fl / rate[ac]):>9.1f}"
         gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
         print(f"{name:<28}{ac:>14}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
-              f"{r['s'] / stoch:>9.2f}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
+              f"{x_stoch:>9}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
     for k in kinds:
         for n in ("2 inner", "1 inner", "0 inner"):
             pers, stoch = res.get((f"+ persistent PGD ({n})", k)), res.get(("stochastic only", k))
