@@ -38,10 +38,14 @@ ADVERSARY = {
     # No warm-up pass: the sources ascend once per step, on the gradient the outer pass leaves.
     "+ persistent PGD (0 inner)": dict(adversary="persistent", ppgd_inner_steps=0),
 }
-# Masked forward + backward passes per step, for the FLOP floor.
-PASSES = {"stochastic only": 1, "+ fresh PGD-20": 1 + 20 + 1,
-          "+ persistent PGD (2 inner)": 1 + 2 + 1, "+ persistent PGD (1 inner)": 1 + 1 + 1,
-          "+ persistent PGD (0 inner)": 1 + 1}
+
+
+def masked_passes(name: str) -> int:
+    """Masked forward + backward passes per step of an ``ADVERSARY`` row, for the FLOP floor: the
+    stochastic pass, plus the adversary's search passes and its outer pass."""
+    kw = ADVERSARY[name]
+    search = {"fresh": kw.get("pgd_steps", 0), "persistent": kw.get("ppgd_inner_steps", 0)}
+    return 1 + (0 if kw["adversary"] == "none" else search[kw["adversary"]] + 1)
 
 
 def gated_model():
@@ -140,16 +144,16 @@ def main():
     for (name, ac), r in res.items():
         stoch = res.get(("stochastic only", ac))  # blank when that row was not run (--only)
         x_stoch = "" if stoch is None else f"{r['s'] / stoch['s']:.2f}"
-        fl = step_flops(model, C, B, T, PASSES.get(name, 0)) if name in PASSES else None
+        fl = step_flops(model, C, B, T, masked_passes(name)) if name in ADVERSARY else None
         floor = "" if fl is None else f"{r['s'] / (fl / rate[ac]):>9.1f}"
         gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
         print(f"{name:<28}{ac:>14}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
               f"{x_stoch:>9}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
     for k in kinds:
-        for n in ("2 inner", "1 inner", "0 inner"):
-            pers, stoch = res.get((f"+ persistent PGD ({n})", k)), res.get(("stochastic only", k))
+        for n in (n for n in modes if ADVERSARY[n]["adversary"] == "persistent"):
+            pers, stoch = res.get((n, k)), res.get(("stochastic only", k))
             if pers and stoch:
-                print(f"persistent PGD ({n}) / stochastic-only, {k}: "
+                print(f"{n.removeprefix('+ ')} / stochastic-only, {k}: "
                       f"{pers['s'] / stoch['s']:.2f} (target ≤ 1.5)")
     if not args.no_scaling:
         print(f"\nlinearity ({default}, stochastic only; time ÷ base should track the factor):")
