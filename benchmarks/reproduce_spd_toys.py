@@ -95,8 +95,22 @@ NEGLIGIBLE = 0.1  # a subcomponent under 10% of its site's largest norm is "negl
 CANCELLATION_SWEEP = [2.0, 3.5, 4.5, 6.0, 9.0]  # β · n_out; SPD drops the pair above 3, VPD above 10.5
 
 
-def run_tms(name, seed, scale, method, out):
-    target, dec = _reproduce(name, seed, scale, method)
+def run_unit(name, seed, scale, methods, out):
+    """Train the target ``(name, seed)`` once and decompose it with each method in turn.
+
+    Returns ``(target seconds, {method: (row, seconds)})``: the run times exclude the target's
+    training, which both methods share."""
+    t0 = time.time()
+    with single_threaded():
+        target = EXPERIMENTS[name].train(seed, scale == "quick")
+    target_s = time.time() - t0
+    run = run_tms if name in TMS_NAMES else run_resid
+    return target_s, {method: _timed(run, target, name, seed, scale, method, out)
+                      for method in methods}
+
+
+def run_tms(target, name, seed, scale, method, out):
+    dec = _reproduce(target, name, seed, scale, method)
     c = dec.components["linear1"]
     ci = M.one_hot_causal_importance(dec, target.n_features)
     x = torch.cat([_sample(dec, name, seed), 0.75 * torch.eye(target.n_features)])
@@ -116,8 +130,8 @@ def run_tms(name, seed, scale, method, out):
     return row
 
 
-def run_resid(name, seed, scale, method, out):
-    target, dec = _reproduce(name, seed, scale, method)
+def run_resid(target, name, seed, scale, method, out):
+    dec = _reproduce(target, name, seed, scale, method)
     return resid_row(target, dec, out / f"{name}_{method}" if seed == 0 and out else None)
 
 
@@ -210,9 +224,10 @@ def _timed(fn, *args):
     return fn(*args), time.time() - t0
 
 
-def _reproduce(name, seed, scale, method):
+def _reproduce(target, name, seed, scale, method):
     overrides = CPU_OVERRIDES.get(name, {}) if scale == "cpu" else {}
-    return reproduce(name, seed=seed, quick=scale == "quick", method=method, **overrides)
+    return reproduce(name, seed=seed, quick=scale == "quick", method=method, target=target,
+                     **overrides)[1]
 
 
 def _sample(dec, name, seed):
@@ -269,37 +284,42 @@ def main(argv=None):
 
     tms = [n for n in TMS_NAMES if n in args.experiments]
     resid = [n for n in RESID_NAMES if n in args.experiments]
-    # Every (model, seed, method) run in one pool, longest first, so both cores stay busy.
-    keys = [(n, seed, method) for n in LONGEST_FIRST if n in tms + resid
-            for method in methods for seed in args.seeds]
-    tasks = [(run_tms if n in TMS_NAMES else run_resid, n, seed, scale, method, args.out)
-             for n, seed, method in keys]
-    done = dict(zip(keys, _map(_timed, tasks, args.jobs)))
+    # Every (model, seed) in one pool, longest first, so both cores stay busy; each trains its
+    # target once and decomposes it with every method.
+    units = [(n, seed) for n in LONGEST_FIRST if n in tms + resid for seed in args.seeds]
+    results = _map(run_unit, [(n, seed, scale, methods, args.out) for n, seed in units], args.jobs)
+    target_s = {unit: sec for unit, (sec, _) in zip(units, results)}
+    done = {(n, seed, method): timed for (n, seed), (_, runs) in zip(units, results)
+            for method, timed in runs.items()}
     for method in methods:
         if tms:
             print(f"\n== TMS ({method}) vs SPD paper Table 1 ==")
             print(f"{'model':<14}{'MMCS':>16}{'paper':>16}{'ML2R':>16}{'paper':>16}"
-                  f"{'id-CI err l1/l2':>17}{'identity live/sized':>21}{'time/seed':>11}")
+                  f"{'id-CI err l1/l2':>17}{'identity live/sized':>21}{'time/seed':>11}"
+                  f"{'target':>8}")
         for name in tms:
             timed = [done[name, seed, method] for seed in args.seeds]
             rows = [r for r, _ in timed]
             per = statistics.mean(seconds for _, seconds in timed)
+            per_target = statistics.mean(target_s[name, seed] for seed in args.seeds)
             idl = ("/".join(f"{r['identity_live']}|{r['identity_sized']}" for r in rows)
                    if "identity_live" in rows[0] else "-")
             errs = ",".join(f"{r['id_err_linear1']}/{r['id_err_linear2']}" for r in rows)
             print(f"{name:<14}{_mean_std([r['mmcs'] for r in rows]):>16}{PAPER_TABLE1[name][0]:>16}"
                   f"{_mean_std([r['ml2r'] for r in rows]):>16}{PAPER_TABLE1[name][1]:>16}"
-                  f" {errs:>17}{idl:>21}{per:>10.0f}s", flush=True)
+                  f" {errs:>17}{idl:>21}{per:>10.0f}s{per_target:>7.0f}s", flush=True)
         if tms:
             print(f"(identity live|sized: live at CI > 0.1 on any input | subcomponents of "
-                  f"norm ≥ {NEGLIGIBLE:g} × the site's largest, the paper's count; expect n_hidden)")
+                  f"norm ≥ {NEGLIGIBLE:g} × the site's largest, the paper's count; expect n_hidden."
+                  f" time/seed: decomposition and metrics; target: its training, shared by the "
+                  f"methods)")
 
         if resid:
             print(f"\n== Residual MLPs ({method}); paper: W_in one subcomponent per feature, "
                   "W_out exactly d_mlp subcomponents (Fig. 8) ==")
             print(f"{'model':<12}{'seed':>5}{'W_in live':>12}{'id-CI err':>10}{'W_out live':>11}"
                   f"{'dense err':>10}{'one neuron':>11}{'neurons':>8}{'follows':>8}"
-                  f"{'co-active':>10}{'NC corr':>9}{'time':>8}")
+                  f"{'co-active':>10}{'NC corr':>9}{'time':>8}{'target':>8}")
         for name in resid:
             for seed in args.seeds:
                 r, seconds = done[name, seed, method]
@@ -308,7 +328,8 @@ def main(argv=None):
                 print(f"{name:<12}{seed:>5}{live_in:>12}{err_in:>10}"
                       f"{live_out:>11}{r['dense_err_out']:>10}{r['out_aligned']:>11}"
                       f"{r['out_neurons']:>8}{r['out_follows']:>8.2f}{r['out_coactive']:>10.2f}"
-                      f"{r['nc_corr']:>9.3f}{seconds:>7.0f}s", flush=True)
+                      f"{r['nc_corr']:>9.3f}{seconds:>7.0f}s{target_s[name, seed]:>7.0f}s",
+                      flush=True)
         if resid:
             print("(one neuron: live W_out subcomponents whose read direction is within "
                   "cos 0.9 of one neuron; neurons: distinct neurons they read; follows: how often "
@@ -327,7 +348,8 @@ def main(argv=None):
                   f"{r['worst_single']:>23.3f}{r['stoch_mse']:>11.4f}{r['pgd_mse']:>9.4f}", flush=True)
 
     elapsed = time.time() - start
-    runs = [dict(model=n, seed=seed, method=method, seconds=round(sec, 1), **row)
+    runs = [dict(model=n, seed=seed, method=method, seconds=round(sec, 1),
+                 target_seconds=round(target_s[n, seed], 1), **row)
             for (n, seed, method), (row, sec) in done.items()]
     (args.out / "results.json").write_text(json.dumps(dict(
         scale=scale, seeds=args.seeds, jobs=args.jobs, torch=torch.__version__,

@@ -3,7 +3,8 @@ test_metrics.py).
 
 Fast tier: the engine's exactness on every toy target, and short decompositions (TMS 5-2,
 TMS 5-2 + identity, the 1-layer residual MLP's W_in, the cancellation toy);
-slow tier (``-m slow``): TMS 40-10 and the residual MLP's W_out at the CPU setting.
+slow tier (``-m slow``): TMS 40-10, VPD on TMS 5-2 + identity and the residual MLP's W_out at
+the CPU setting.
 Longer reproductions live in ``benchmarks/reproduce_spd_toys.py``.
 """
 
@@ -134,6 +135,18 @@ def test_tms_5_2_recovers_the_columns_of_W():
     assert M.identity_ci_error(ci) == 0
 
 
+def test_reproduce_decomposes_a_given_target_without_training_it():
+    # benchmarks/reproduce_spd_toys.py trains each (model, seed) once for both methods.
+    target = TMS(5, 2, seed=0)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    before = target.W.clone()
+    got, dec = reproduce("tms_5-2", quick=True, method="spd", target=target, steps=2,
+                         faithfulness_warmup_steps=0)
+    assert got is target and dec.model is target
+    assert torch.equal(target.W, before)  # untrained: train_tms would have moved W
+
+
 @pytest.mark.slow
 def test_tms_40_10_recovers_the_columns_of_W_at_the_cpu_setting():
     """benchmarks/reproduce_spd_toys.py's CPU setting (~4 min on one thread): seed 0 measured
@@ -142,6 +155,22 @@ def test_tms_40_10_recovers_the_columns_of_W_at_the_cpu_setting():
     c = dec.components["linear1"]
     assert M.mmcs(target.W, c.U, c.V) >= 0.99
     assert 0.95 <= M.ml2r(target.W, c.U, c.V) <= 1.05
+
+
+@pytest.mark.slow
+def test_vpd_tms_5_2_identity_recovers_the_columns_of_W_at_the_cpu_setting():
+    """VPD at benchmarks/reproduce_spd_toys.py's CPU setting (~1 min on one thread). With the VPD
+    paper's 0.5 + 0.5 reconstruction weights and a Δ-component seed 1 kept 4 live ``linear1``
+    subcomponents for 5 features (ML2R 0.60); the toy preset's 1 + 1 without Δ measured 1.000."""
+    target, dec = reproduce("tms_5-2-id", seed=1, method="vpd", steps=3000, batch_size=1024,
+                            lr=5e-3, lr_final_frac=0.1)
+    c = dec.components["linear1"]
+    assert M.mmcs(target.W, c.U, c.V) >= 0.99
+    assert 0.95 <= M.ml2r(target.W, c.U, c.V) <= 1.05
+    x = SparseFeatures(5, 0.05)(2048, torch.Generator().manual_seed(9))
+    ci = dec.causal_importance(torch.cat([x, 0.75 * torch.eye(5)]))
+    assert int(M.alive_subcomponents(ci["linear1"], 0.1).sum()) == 5
+    assert int(M.alive_subcomponents(ci["hidden_layers.0"], 0.1).sum()) == target.n_hidden
 
 
 def test_resid_mlp1_W_in_has_one_subcomponent_per_feature_quickly():
