@@ -15,12 +15,15 @@ Each row runs in its own process (so peak RSS is its own) and the rows are run i
 rounds (median kept). "× floor" is s/step over the arithmetic floor: the step's matmul FLOPs
 (target forward + masked forward and backward per masked pass) at the matmul rate this machine
 measures for that precision. A second table checks that time grows linearly in tokens and in C.
+``--malloc both`` runs every row also with ``TL_VPD_KEEP_FREED_MEMORY=0`` (glibc's default
+allocator behaviour; the library's default keeps freed memory for reuse, tl_vpd/allocator.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -79,7 +82,9 @@ def run_row(name: str, autocast: str, B: int, T: int, C: int, reps: int) -> dict
     compile_ = autocast.endswith("+compile")
     autocast = autocast.removesuffix("+compile")
     import tl_vpd
+    from tl_vpd.allocator import keep_freed_memory
 
+    keep_freed_memory()  # as the Trainer does on CPU (so the target row is timed alike)
     model = gated_model()
     toks = torch.randint(0, model.cfg.d_vocab, (max(4 * B, 32), T),
                          generator=torch.Generator().manual_seed(0))
@@ -96,9 +101,10 @@ def run_row(name: str, autocast: str, B: int, T: int, C: int, reps: int) -> dict
     return {"s": t, "rss": peak_rss_gib()}
 
 
-def _child(name, autocast, B, T, C, reps):
+def _child(name, autocast, B, T, C, reps, malloc="kept"):
     cmd = [sys.executable, __file__, "--row", json.dumps([name, autocast, B, T, C, reps])]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, TL_VPD_KEEP_FREED_MEMORY="1" if malloc == "kept" else "0")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -112,6 +118,9 @@ def main():
                          "(e.g. --only stochastic persistent --autocast auto)")
     ap.add_argument("--autocast", nargs="+", metavar="KIND",
                     help="autocast kinds to run (none, auto, auto+compile; default: all three)")
+    ap.add_argument("--malloc", choices=("kept", "default", "both"), default="kept",
+                    help="freed CPU memory kept for reuse (the library's default), glibc's "
+                         "default, or both side by side")
     args = ap.parse_args()
     if args.row:
         print(json.dumps(run_row(*json.loads(args.row))))
@@ -124,12 +133,15 @@ def main():
     if args.autocast:
         kinds = tuple(args.autocast)
     modes = [n for n in ADVERSARY if not args.only or any(t in n for t in args.only)]
-    rows = [("target fwd+bwd", "none")] + [(n, a) for n in modes for a in kinds]
+    mallocs = ("kept", "default") if args.malloc == "both" else (args.malloc,)
+    rows = [(n, a, m) for n, a in [("target fwd+bwd", "none")] + [(n, a) for n in modes
+                                                                  for a in kinds]
+            for m in mallocs]
     results = {r: [] for r in rows}
     t0 = time.time()
     for _ in range(rounds):  # interleaved rounds: load from elsewhere hits every row alike
-        for name, ac in rows:
-            results[(name, ac)].append(_child(name, ac, B, T, C, reps))
+        for name, ac, mk in rows:
+            results[(name, ac, mk)].append(_child(name, ac, B, T, C, reps, mk))
     res = {k: {"s": statistics.median(x["s"] for x in v), "rss": max(x["rss"] for x in v)}
            for k, v in results.items()}
     model = gated_model()
@@ -138,23 +150,30 @@ def main():
     rate.update({f"{k}+compile": v for k, v in rate.items()})
     print(f"machine: {machine()}; B={B}, T={T}, C={C} per site, 28 sites, shared_mlp CI; "
           f"matmul rate fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
-    base = res[("target fwd+bwd", "none")]["s"]
-    print(f"{'mode':<28}{'autocast':>14}{'s/step':>9}{'tok/s':>9}{'× tgt f+b':>10}"
-          f"{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")
-    for (name, ac), r in res.items():
-        stoch = res.get(("stochastic only", ac))  # blank when that row was not run (--only)
+    print(f"{'mode':<28}{'autocast':>14}{'freed mem':>10}{'s/step':>9}{'tok/s':>9}"
+          f"{'× tgt f+b':>10}{'× stoch':>9}{'GFLOP':>8}{'× floor':>9}{'RSS GiB':>9}")
+    for (name, ac, mk), r in res.items():
+        base = res[("target fwd+bwd", "none", mk)]["s"]
+        stoch = res.get(("stochastic only", ac, mk))  # blank when that row was not run (--only)
         x_stoch = "" if stoch is None else f"{r['s'] / stoch['s']:.2f}"
         fl = step_flops(model, C, B, T, masked_passes(name)) if name in ADVERSARY else None
         floor = "" if fl is None else f"{r['s'] / (fl / rate[ac]):>9.1f}"
         gf = "" if fl is None else f"{fl / 1e9:>8.1f}"
-        print(f"{name:<28}{ac:>14}{r['s']:>9.3f}{B * T / r['s']:>9.0f}{r['s'] / base:>10.2f}"
-              f"{x_stoch:>9}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
+        print(f"{name:<28}{ac:>14}{mk:>10}{r['s']:>9.3f}{B * T / r['s']:>9.0f}"
+              f"{r['s'] / base:>10.2f}{x_stoch:>9}{gf:>8}{floor:>9}{r['rss']:>9.2f}")
     for k in kinds:
-        for n in (n for n in modes if ADVERSARY[n]["adversary"] == "persistent"):
-            pers, stoch = res.get((n, k)), res.get(("stochastic only", k))
-            if pers and stoch:
-                print(f"{n.removeprefix('+ ')} / stochastic-only, {k}: "
-                      f"{pers['s'] / stoch['s']:.2f} (target ≤ 1.5)")
+        for mk in mallocs:
+            for n in (n for n in modes if ADVERSARY[n]["adversary"] == "persistent"):
+                pers, stoch = res.get((n, k, mk)), res.get(("stochastic only", k, mk))
+                if pers and stoch:
+                    print(f"{n.removeprefix('+ ')} / stochastic-only, {k}, freed memory {mk}: "
+                          f"{pers['s'] / stoch['s']:.2f} (target ≤ 1.5)")
+    if len(mallocs) == 2:
+        print("\nkept ÷ glibc default (freed memory):")
+        for name, ac, mk in rows:
+            if mk == "kept":
+                ratio = res[(name, ac, 'kept')]['s'] / res[(name, ac, 'default')]['s']
+                print(f"  {name:<28}{ac:>14}{ratio:>7.2f}")
     if not args.no_scaling:
         print(f"\nlinearity ({default}, stochastic only; time ÷ base should track the factor):")
         print(f"{'B·T':>8}{'C':>6}{'s/step':>9}{'× base':>8}")

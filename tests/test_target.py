@@ -220,3 +220,12 @@ def test_load_pretrained_fails_fast_offline(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", unreachable)
     with pytest.raises(ConnectionError, match="'gpt2'.*unreachable"):
         load_pretrained("gpt2")
+
+
+def test_cpu_target_training_keeps_freed_memory(corpus, tiny_cfg, monkeypatch):
+    import tl_vpd.target
+
+    calls = []
+    monkeypatch.setattr(tl_vpd.target, "keep_freed_memory", lambda: calls.append(1))
+    train_target(tiny_cfg, corpus.train, corpus.val, steps=1, eval_every=1, progress=False)
+    assert calls == [1]  # tl_vpd/allocator.py: each step's logits reuse warm pages

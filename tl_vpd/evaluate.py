@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from tl_vpd._typing import Float
 from tl_vpd.adversary import fresh_pgd, init_sources
+from tl_vpd.allocator import keep_freed_memory
 from tl_vpd.data_stream import DataStream
 from tl_vpd.ci_stats import (CI_HIST_BINS, alive_count, ci_histogram, ci_histograms, ci_spectrum,
                              l0_tables)
@@ -281,6 +282,8 @@ def evaluate(
         raise ValueError(f"pgd_steps must be positive step counts, got {list(pgd_steps)}")
     if pgd_restarts < 1:
         raise ValueError(f"pgd_restarts must be >= 1, got {pgd_restarts}")
+    if next(iter(dec.components.values())).U.device.type == "cpu":
+        keep_freed_memory()  # the attack's passes reuse warm pages (tl_vpd/allocator.py)
     cfg = getattr(dec, "config", None)
     batch_size = batch_size or getattr(cfg, "batch_size", 16)
     metric = "ce" if _is_lm(dec) else "mse"

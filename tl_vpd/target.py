@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from tl_vpd import atomic
 from tl_vpd._typing import Int
+from tl_vpd.allocator import keep_freed_memory
 from tl_vpd.data.corpus import load_from_hub, local_path
 from tl_vpd.data.tokenizer import load_tokenizer, save_tokenizer
 from tl_vpd.data_stream import DataStream
@@ -267,6 +268,8 @@ def train_target(
     torch.manual_seed(seed)
     model = build_model(cfg)
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's logits reuse warm pages (tl_vpd/allocator.py)
     bf16 = use_bf16(autocast, device)
     identity["precision"] = "bfloat16" if bf16 else "float32"  # a resumed run computes alike
     params = [p for p in model.parameters() if p.requires_grad]

@@ -26,6 +26,7 @@ from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
 
 from tl_vpd import checkpoint
 from tl_vpd.adversary import PersistentSources
+from tl_vpd.allocator import keep_freed_memory
 from tl_vpd.components import compiled_sites
 from tl_vpd.config import VPDConfig
 from tl_vpd.data_stream import DataStream
@@ -85,6 +86,8 @@ class Trainer:
         self.eval_data = eval_data
         self.recon_kind = cfg.recon_loss if cfg.recon_loss != "auto" else ("kl" if is_lm else "mse")
         self.device = next(iter(self.dec.components.values())).U.device
+        if self.device.type == "cpu":  # warm pages for every pass's large tensors (allocator.py)
+            keep_freed_memory()
         self.autocast = use_bf16(cfg.autocast, self.device, is_lm)
         self.callbacks = list(callbacks)
         self.run_dir = None if run_dir is None else Path(run_dir)
