@@ -43,9 +43,10 @@ def test_freed_memory_is_reused_instead_of_page_faulted_again():
     kept, kept_faults = _faults(None)
     default, default_faults = _faults("0")
     assert kept and not default
-    # Each round touches 96 MiB = 24,576 pages: glibc's default faults them in again every round.
-    assert default_faults > 5 * 24_576
-    assert kept_faults < default_faults / 10
+    # Each round touches 96 MiB = 24,576 pages. Kept: ten rounds fault fewer than half a round's
+    # pages (measured 4,096). glibc's default re-faults some or all of them every round
+    # (measured 28,600 or 245,000 for the ten, depending on how its mmap threshold adapts).
+    assert kept_faults < 24_576 / 2, (kept_faults, default_faults)
 
 
 def test_the_opt_out_and_a_second_call_change_nothing(monkeypatch):
@@ -63,11 +64,19 @@ def test_cpu_training_and_evaluation_turn_it_on(monkeypatch):
     import tl_vpd.trainer
 
     calls = []
-    monkeypatch.setattr(tl_vpd.trainer, "keep_freed_memory", lambda: calls.append("train"))
-    monkeypatch.setattr(tl_vpd.evaluate, "keep_freed_memory", lambda: calls.append("eval"))
+    monkeypatch.setattr(tl_vpd.trainer, "keep_freed_memory", lambda device: calls.append(("train", device.type)))
+    monkeypatch.setattr(tl_vpd.evaluate, "keep_freed_memory", lambda device: calls.append(("eval", device.type)))
     model = make_model("gpt2")
     dec = tl_vpd.decompose(model, small_cfg(steps=2, adversary="none", coeff_adversarial=0.0),
                            corpus())
     tl_vpd.evaluate.evaluate(dec, corpus(4, seed=1), n_batches=1, batch_size=4, pgd_steps=(1,),
                              pgd_restarts=1)
-    assert calls == ["train", "eval"]
+    assert calls == [("train", "cpu"), ("eval", "cpu")]
+
+
+def test_other_devices_leave_the_allocator_alone(monkeypatch):
+    monkeypatch.setattr(allocator, "_applied", None)
+    calls = []
+    monkeypatch.setattr(allocator, "_glibc", lambda: calls.append(1))
+    assert allocator.keep_freed_memory("meta") is False
+    assert calls == [] and allocator._applied is None  # a later CPU call still decides

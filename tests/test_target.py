@@ -226,6 +226,6 @@ def test_cpu_target_training_keeps_freed_memory(corpus, tiny_cfg, monkeypatch):
     import tl_vpd.target
 
     calls = []
-    monkeypatch.setattr(tl_vpd.target, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(tl_vpd.target, "keep_freed_memory", lambda device: calls.append(device.type))
     train_target(tiny_cfg, corpus.train, corpus.val, steps=1, eval_every=1, progress=False)
-    assert calls == [1]  # tl_vpd/allocator.py: each step's logits reuse warm pages
+    assert calls == ["cpu"]  # tl_vpd/allocator.py: each step's logits reuse warm pages

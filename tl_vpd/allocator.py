@@ -24,6 +24,8 @@ import ctypes
 import os
 import sys
 
+import torch
+
 __all__ = ["ENV_VAR", "keep_freed_memory"]
 
 ENV_VAR = "TL_VPD_KEEP_FREED_MEMORY"
@@ -58,15 +60,21 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") else None
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(device: "torch.device | str | None" = None) -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the kernel (see the
-    module docstring). Idempotent; the first call decides.
+    module docstring). Idempotent; the first call on CPU decides.
+
+    Arguments:
+        device: where the heavy work runs; on any other device than the CPU (or ``None``, the
+            CPU) this returns ``False`` and leaves the allocator alone.
 
     Returns:
         Whether the setting is in effect: ``False`` when ``TL_VPD_KEEP_FREED_MEMORY=0``, off
-        Linux/glibc, or if glibc refused a parameter.
+        Linux/glibc, if glibc refused a parameter, or for a non-CPU ``device``.
     """
     global _applied
+    if device is not None and torch.device(device).type != "cpu":
+        return False
     if _applied is not None:
         return _applied
     _applied = False

@@ -282,8 +282,7 @@ def evaluate(
         raise ValueError(f"pgd_steps must be positive step counts, got {list(pgd_steps)}")
     if pgd_restarts < 1:
         raise ValueError(f"pgd_restarts must be >= 1, got {pgd_restarts}")
-    if next(iter(dec.components.values())).U.device.type == "cpu":
-        keep_freed_memory()  # the attack's passes reuse warm pages (tl_vpd/allocator.py)
+    keep_freed_memory(next(iter(dec.components.values())).U.device)  # warm pages (allocator.py)
     cfg = getattr(dec, "config", None)
     batch_size = batch_size or getattr(cfg, "batch_size", 16)
     metric = "ce" if _is_lm(dec) else "mse"

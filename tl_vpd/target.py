@@ -268,8 +268,7 @@ def train_target(
     torch.manual_seed(seed)
     model = build_model(cfg)
     device = next(model.parameters()).device
-    if device.type == "cpu":
-        keep_freed_memory()  # each step's logits reuse warm pages (tl_vpd/allocator.py)
+    keep_freed_memory(device)  # on CPU each step's logits reuse warm pages (tl_vpd/allocator.py)
     bf16 = use_bf16(autocast, device)
     identity["precision"] = "bfloat16" if bf16 else "float32"  # a resumed run computes alike
     params = [p for p in model.parameters() if p.requires_grad]

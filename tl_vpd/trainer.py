@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
-
 from tl_vpd import checkpoint
 from tl_vpd.adversary import PersistentSources
 from tl_vpd.allocator import keep_freed_memory
@@ -71,8 +70,7 @@ class Trainer:
 
     def __init__(self, model, cfg: VPDConfig, data, *, eval_data=None,
                  callbacks: Sequence[Callback] = (), run_dir=None):
-        self.cfg = cfg
-        self.model = model
+        self.cfg, self.model = cfg, model
         self.shard = setup_distributed()
         if cfg.batch_size % self.shard.world:
             raise ValueError(f"batch_size={cfg.batch_size} is the global batch; it must divide "
@@ -86,8 +84,7 @@ class Trainer:
         self.eval_data = eval_data
         self.recon_kind = cfg.recon_loss if cfg.recon_loss != "auto" else ("kl" if is_lm else "mse")
         self.device = next(iter(self.dec.components.values())).U.device
-        if self.device.type == "cpu":  # warm pages for every pass's large tensors (allocator.py)
-            keep_freed_memory()
+        keep_freed_memory(self.device)  # every pass's large tensors reuse warm pages on CPU
         self.autocast = use_bf16(cfg.autocast, self.device, is_lm)
         self.callbacks = list(callbacks)
         self.run_dir = None if run_dir is None else Path(run_dir)
