@@ -198,7 +198,9 @@ def train_target(
     default target on the default corpus (1.6 epochs of its ~3M tokens) in about 11 minutes on 2
     idle CPU cores in fp32 (~0.53 s per step, ~1.5 s per evaluation); bf16 autocast (the default
     where it is native) takes ~0.6× the CPU time per step with the same validation curve
-    (``benchmarks/target_precision.py``). Deterministic for a seed on CPU.
+    (``benchmarks/target_precision.py``). On CPU a seed gives the same weights in one process at
+    one thread; with more threads, runs in separate processes can differ in the last bits (the
+    validation CE by ~1e-5).
 
     Arguments:
         cfg: Model config, normally from :func:`target_config`.
