@@ -15,7 +15,8 @@ differs is refused. An interrupted run continues from its newest checkpoint when
 re-run. The default target's full sweep takes about 2 hours on a 2-core CPU.
 
 Columns: alive (mean CI > 1e-6 on the evaluated tokens: the report's count) of the total capacity
-(C × matrices), L0 per token, CE recovered under stochastic masks, the strongest PGD restart
+(C × matrices); how many have mean CI > 1e-4 (used regularly rather than in a rare tail, from the
+report's CI spectrum); L0 per token, CE recovered under stochastic masks, the strongest PGD restart
 against zero-ablation (both KLs to the target), and "split vs ×1": the paper's geometric
 feature-splitting measure (its appendix on feature splitting) applied per matrix — the fraction
 of the ×1 decomposition's alive output directions (U columns) that match more than one alive
@@ -44,8 +45,10 @@ from tl_vpd.tables import text_table
 
 MULTIPLES = (0.5, 1, 2, 4)
 PAPER_ALIVE = "~6,500–7,000, flat from ×0.5 to ×4"
+# A second count: subcomponents whose mean CI exceeds 1e-4 (used regularly, not in a rare tail).
+REGULAR_THRESHOLD = 1e-4
 COLS = [("multiple", "capacity"), ("C", "C/matrix"), ("capacity", "total C"), ("alive", "alive"),
-        ("alive_frac", "alive/C"), ("l0", "L0"), ("l0_per_alive", "L0/alive"),
+        ("alive_frac", "alive/C"), ("regular", "mean CI > 1e-4"), ("l0", "L0"), ("l0_per_alive", "L0/alive"),
         ("stoch_ce_recovered", "CE rec. (stoch.)"), ("pgd_per_zero_max", "PGD max ÷ zero"),
         ("split", "split vs ×1"), ("decompose_s", "decomp. s")]
 
@@ -74,8 +77,11 @@ def capacity_row(mult: float, cfg: VPDConfig, report: dict, pgd_steps: int) -> d
     tot = report["total"]
     stoch = next(r for r in report["recon"] if r["mode"] == "stochastic")
     pgd = next((a for a in report["adversarial"] if a["pgd_steps"] == pgd_steps), None)
+    means = [v for site in report.get("ci_spectrum", []) for v in site["mean_ci"]]
     return {"mult": mult, "multiple": f"×{mult:g}", "C": cfg.C, "capacity": tot["C"],
-            "alive": tot["alive"], "alive_frac": tot["alive"] / tot["C"], "l0": tot["l0"],
+            "alive": tot["alive"], "alive_frac": tot["alive"] / tot["C"],
+            "regular": sum(v > REGULAR_THRESHOLD for v in means) if means else None,
+            "l0": tot["l0"],
             "l0_per_alive": tot["l0_per_alive"], "stoch_ce_recovered": stoch["ce_recovered"],
             "pgd_per_zero_max": None if pgd is None else pgd["per_zero_max"]}
 
@@ -103,7 +109,11 @@ def plot(rows: list[dict], path: Path | None = None):
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     cap = [r["capacity"] for r in rows]
-    a.plot(cap, [r["alive"] for r in rows], "o-", color="tab:purple", label="VPD alive")
+    a.plot(cap, [r["alive"] for r in rows], "o-", color="tab:purple",
+           label="VPD alive (mean CI > 1e-6)")
+    if all(r.get("regular") is not None for r in rows):
+        a.plot(cap, [r["regular"] for r in rows], "s--", color="tab:purple", alpha=0.6,
+               label="VPD mean CI > 1e-4")
     a.plot([0, max(cap)], [0, max(cap)], "k--", lw=1, label="y = x (all alive)")
     for r in rows:
         a.annotate(r["multiple"], (r["capacity"], r["alive"]), textcoords="offset points",
@@ -118,6 +128,7 @@ def plot(rows: list[dict], path: Path | None = None):
         b.plot(m, [r["pgd_per_zero_max"] for r in rows], "^-", label="PGD max ÷ zero-abl.")
     b.set(xscale="log", xlabel="capacity multiple", title="sparsity and faithfulness")
     b.set_xticks(m, [r["multiple"] for r in rows])
+    b.minorticks_off()
     b.legend()
     fig.tight_layout()
     if path is None:

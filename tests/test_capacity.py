@@ -43,6 +43,7 @@ def test_capacity_sweep_runs_reuses_and_tabulates(bench, tmp_path):
     n_sites = len(json.loads((tmp_path / "x1" / "eval.json").read_text())["sites"])
     for r in rows:
         assert r["capacity"] == r["C"] * n_sites and 0 <= r["alive"] <= r["capacity"]
+        assert 0 <= r["regular"] <= r["alive"]
         assert r["decompose_s"] > 0 and 0 <= r["split"] <= 1 and r["pgd_per_zero_max"] >= 0
     # The splitting column uses the report's alive set: the same count per site.
     from tl_vpd.decomposition import Decomposition
