@@ -11,8 +11,10 @@ For each multiple ``m`` the config is the packaged ``vpd.yaml`` (``--quick``: ``
 tokens; PGD with one source per subcomponent shared over 8,192 tokens, 3 restarts; only the
 ``--pgd-steps`` attacks, default 20). A run directory that already holds the finished
 decomposition (or ``--reuse m=DIR``, e.g. the main job's ×1) is read, not re-run; one whose config
-differs is refused. An interrupted run continues from its newest checkpoint when the command is
-re-run. The default target's full sweep takes about 2 hours on a 2-core CPU.
+differs is refused, and a run's existing ``eval.json`` is never overwritten (an evaluation
+the sweep needs beside it goes to ``--runs/x<m>.eval.json``). An interrupted run continues from
+its newest checkpoint when the command is re-run. The default target's full sweep takes about
+2 hours on a 2-core CPU.
 
 Columns: alive (mean CI > 1e-6 on the evaluated tokens: the report's count) of the total capacity
 (C × matrices); how many have mean CI > 1e-4 (used regularly rather than in a rare tail, from the
@@ -37,7 +39,7 @@ import torch
 from tl_vpd.baselines import mean_split_fraction
 from tl_vpd.config import VPDConfig
 from tl_vpd.decomposition import Decomposition
-from tl_vpd.evaluate import _batches
+from tl_vpd.evaluate import _batches, evaluate
 from tl_vpd.pipeline import (DEFAULT_EVAL, decompose_stage, evaluate_stage, load_target_stage,
                              packaged_config)
 from tl_vpd.report import ALIVE_THRESHOLD
@@ -48,7 +50,8 @@ PAPER_ALIVE = "~6,500–7,000, flat from ×0.5 to ×4"
 # A second count: subcomponents whose mean CI exceeds 1e-4 (used regularly, not in a rare tail).
 REGULAR_THRESHOLD = 1e-4
 COLS = [("multiple", "capacity"), ("C", "C/matrix"), ("capacity", "total C"), ("alive", "alive"),
-        ("alive_frac", "alive/C"), ("regular", "mean CI > 1e-4"), ("l0", "L0"), ("l0_per_alive", "L0/alive"),
+        ("alive_frac", "alive/C"), ("regular", "mean CI > 1e-4"), ("l0", "L0"),
+        ("l0_per_alive", "L0/alive"),
         ("stoch_ce_recovered", "CE rec. (stoch.)"), ("pgd_per_zero_max", "PGD max ÷ zero"),
         ("split", "split vs ×1"), ("decompose_s", "decomp. s")]
 
@@ -163,11 +166,8 @@ def sweep(model, corpus, curve, runs: Path, base: VPDConfig, multiples,
         cfg.to_file(cfg_path)
         t = time.perf_counter()
         dec, trained = decompose_stage(model, corpus, out, cfg_path, progress=progress)
-        report_path = out / "eval.json"
-        report = json.loads(report_path.read_text()) if report_path.is_file() else None
-        if report is None or not any(a["pgd_steps"] == pgd_steps for a in report["adversarial"]):
-            evaluate_stage(model, corpus, curve, out, progress=progress, **eval_kw)
-            report = json.loads(report_path.read_text())
+        report = _report(model, corpus, curve, out, runs / f"x{mult:g}.eval.json", dec,
+                         pgd_steps, eval_kw, progress)
         row = capacity_row(mult, cfg, report, pgd_steps)
         row["decompose_s"] = time.perf_counter() - t if trained else None  # None: loaded
         rows.append(row)
@@ -177,6 +177,29 @@ def sweep(model, corpus, curve, runs: Path, base: VPDConfig, multiples,
             f"L0 {row['l0']:.1f}")
     add_splitting(rows, dirs)
     return rows
+
+
+def _has_attack(path: Path, pgd_steps: int) -> dict | None:
+    """The report at ``path`` if it exists and holds the ``pgd_steps`` attack."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if any(a["pgd_steps"] == pgd_steps for a in report["adversarial"]) else None
+
+
+def _report(model, corpus, curve, out: Path, own: Path, dec, pgd_steps: int, eval_kw: dict,
+            progress: bool) -> dict:
+    """The run's ``eval.json`` if it has the table's attack, else the sweep's own evaluation
+    (``own``). A run's existing ``eval.json`` is never overwritten (e.g. the main job's, with its
+    whole PGD ladder): a fresh run directory gets one, any other the sweep's file."""
+    for path in (out / "eval.json", own):
+        if (report := _has_attack(path, pgd_steps)) is not None:
+            return report
+    if not (out / "eval.json").is_file():
+        evaluate_stage(model, corpus, curve, out, progress=progress, **eval_kw)
+        return json.loads((out / "eval.json").read_text())
+    evaluate(dec, corpus.val, target_curve=curve, progress=progress, **eval_kw).save_json(own)
+    return json.loads(own.read_text())
 
 
 def main(argv=None) -> None:

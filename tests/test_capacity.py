@@ -58,6 +58,14 @@ def test_capacity_sweep_runs_reuses_and_tabulates(bench, tmp_path):
     assert all(r["decompose_s"] is None for r in again)
     assert [r["alive"] for r in again] == [r["alive"] for r in rows]
     assert [r["split"] for r in again] == pytest.approx([r["split"] for r in rows])
+    # Another attack on finished runs: their eval.json is kept, the sweep evaluates beside it.
+    kept = (tmp_path / "x1" / "eval.json").read_bytes()
+    other = bench.sweep(model, corpus, [], tmp_path, base, (1,), {}, pgd_steps=3,
+                        log=lambda s: None)
+    assert (tmp_path / "x1" / "eval.json").read_bytes() == kept
+    own = json.loads((tmp_path / "x1.eval.json").read_text())
+    assert [a["pgd_steps"] for a in own["adversarial"]] == [3]
+    assert other[0]["pgd_per_zero_max"] == own["adversarial"][0]["per_zero_max"]
     # A run directory of another config is refused, not overwritten.
     with pytest.raises(RunDirError, match="another config"):
         bench.sweep(model, corpus, [], tmp_path / "other", base, (1,),
