@@ -157,11 +157,11 @@ def sweep(model, corpus, curve, runs: Path, base: VPDConfig, multiples,
     """
     eval_kw = dict(DEFAULT_EVAL, pgd_steps=(pgd_steps,))
     rows, dirs = [], {}
+    runs.mkdir(parents=True, exist_ok=True)
     for mult in multiples:
         cfg = run_config(base, mult)
         out = reuse.get(mult, runs / f"x{mult:g}")
         out.mkdir(parents=True, exist_ok=True)
-        runs.mkdir(parents=True, exist_ok=True)
         cfg_path = runs / f"x{mult:g}.yaml"
         cfg.to_file(cfg_path)
         t = time.perf_counter()
