@@ -25,6 +25,7 @@ from tl_vpd.toy_models import (
     resid_mlp_labels,
     toy_config,
     train_tms,
+    with_identity,
 )
 from tl_vpd.toy_models._runtime import single_threaded
 
@@ -108,6 +109,21 @@ def test_target_training_is_deterministic_and_learns():
     assert (a(x) - x).pow(2).mean() < (TMS(5, 2, seed=3)(x) - x).pow(2).mean()
 
 
+def test_identity_variant_target_is_the_plain_target_with_the_identity_inserted():
+    # benchmarks/reproduce_spd_toys.py trains each seed's TMS once and decomposes both variants.
+    plain = train_tms(5, 2, seed=2, steps=200)
+    trained = train_tms(5, 2, identity=True, seed=2, steps=200)
+    shared = with_identity(plain)
+    assert shared.identity and torch.equal(shared.hidden_layers[0].W, torch.eye(2))
+    assert torch.equal(shared.linear1.W, trained.linear1.W)
+    assert torch.equal(shared.linear2.b, trained.linear2.b)
+    assert not any(q.requires_grad for q in shared.parameters())
+    x = SparseFeatures(5, 0.3)(64, torch.Generator().manual_seed(0))
+    assert torch.equal(shared(x), plain(x))
+    with pytest.raises(ValueError, match="without the identity"):
+        with_identity(shared)
+
+
 def test_resid_mlp_labels_and_data_ranges():
     x = torch.tensor([[-0.5, 0.0, 0.7]])
     assert torch.allclose(resid_mlp_labels(x), torch.tensor([[-0.5, 0.0, 1.4]]))
@@ -149,9 +165,10 @@ def test_reproduce_decomposes_a_given_target_without_training_it():
 
 @pytest.mark.slow
 def test_tms_40_10_recovers_the_columns_of_W_at_the_cpu_setting():
-    """benchmarks/reproduce_spd_toys.py's CPU setting (~4 min on one thread): seed 0 measured
-    MMCS 0.997, ML2R 1.016, 40 live; the preset before the Δ-component and fan-in init gave 0.91."""
-    target, dec = reproduce("tms_40-10", seed=0, method="spd", steps=6000, batch_size=512, lr=5e-3)
+    """benchmarks/reproduce_spd_toys.py's CPU setting (~2.5 min on one thread): seed 1, the
+    weakest of three, measured MMCS 0.997, ML2R 1.010, 40 live; the preset before the Δ-component
+    and fan-in init gave 0.91, the same schedule at lr 7e-3 0.977."""
+    target, dec = reproduce("tms_40-10", seed=1, method="spd", steps=4000, batch_size=512, lr=1e-2)
     c = dec.components["linear1"]
     assert M.mmcs(target.W, c.U, c.V) >= 0.99
     assert 0.95 <= M.ml2r(target.W, c.U, c.V) <= 1.05

@@ -34,7 +34,7 @@ from tl_vpd.toy_models.resid_mlp import (
     resid_mlp_labels,
     train_resid_mlp,
 )
-from tl_vpd.toy_models.tms import TMS, tms_data, train_tms
+from tl_vpd.toy_models.tms import TMS, tms_data, train_tms, with_identity
 
 __all__ = [
     "EXPERIMENTS",
@@ -55,4 +55,5 @@ __all__ = [
     "toy_config",
     "train_resid_mlp",
     "train_tms",
+    "with_identity",
 ]

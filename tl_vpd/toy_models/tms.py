@@ -24,7 +24,7 @@ from tl_vpd.toy_models._layers import HookedLinear
 from tl_vpd.toy_models._runtime import fit_regression
 from tl_vpd.toy_models.data import SparseFeatures
 
-__all__ = ["TMS", "TMS_FEATURE_PROBABILITY", "tms_data", "train_tms"]
+__all__ = ["TMS", "TMS_FEATURE_PROBABILITY", "tms_data", "train_tms", "with_identity"]
 
 TMS_FEATURE_PROBABILITY = 0.05  # SPD paper A.4.1
 
@@ -114,3 +114,22 @@ def train_tms(
     data = tms_data(n_features, p)
     return fit_regression(model, data, lambda x: x, steps=steps, batch_size=batch_size, lr=lr,
                           weight_decay=weight_decay, seed=seed, cosine=False)
+
+
+def with_identity(target: TMS) -> TMS:
+    """The trained ``target`` with the fixed identity ``hidden_layers.0`` inserted (frozen).
+
+    The identity is never trained and ``h I = h`` holds exactly in floating point, so training
+    ``TMS(identity=True)`` from a seed gives bit for bit the weights ``TMS(identity=False)`` gets
+    from it: this is the identity variant's target without a second training run (the SPD
+    paper's §3.2 model, whose ``W`` and ``b`` are the plain TMS's).
+    """
+    if target.identity:
+        raise ValueError("with_identity needs a TMS without the identity layer; this one has it")
+    out = TMS(target.n_features, target.n_hidden, identity=True)
+    with torch.no_grad():
+        out.linear1.W.copy_(target.linear1.W)
+        out.linear2.b.copy_(target.linear2.b)
+    for q in out.parameters():
+        q.requires_grad_(False)
+    return out.eval()
