@@ -93,3 +93,29 @@ def test_sources_lr_warmup_resumes_exactly(tmp_path):
             assert abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(a[k])), (a.get("step"), k)
     for n in full.sites:
         assert torch.allclose(full.components[n].U, resumed.components[n].U, atol=1e-6)
+
+
+def test_language_model_training_uses_fused_adam_and_matches_the_loop():
+    """The decomposition's AdamW and the persistent sources' Adam run the fused kernel on a
+    CPU; three persistent-PGD steps give the per-tensor loop's parameters and sources to fp32
+    rounding, and the same first losses."""
+    cfg = small_cfg(steps=10, faithfulness_warmup_steps=0, adversary="persistent",
+                    ppgd_inner_steps=2)
+    runs = []
+    for fused in (True, False):
+        tr = tl_vpd.Trainer(make_model("llama"), cfg, corpus())
+        assert tr.optimizer.defaults["fused"] is True
+        if not fused:
+            tr.optimizer = torch.optim.AdamW(
+                [{"params": tr.component_params}, {"params": tr.ci_params}],
+                lr=cfg.lr, weight_decay=cfg.weight_decay)
+            tr.adversary._adam = lambda ps=tr.adversary: torch.optim.Adam(
+                list(ps.sources.values()), lr=ps.lr, betas=ps.betas, maximize=True)
+        metrics = [tr.train_step(tr.stream.next()) for _ in range(3)]
+        assert tr.adversary.optimizer.defaults["fused"] is (True if fused else None)
+        runs.append((metrics, [p.detach().clone() for p in tr.dec.parameters()],
+                     [s.detach().clone() for s in tr.adversary.sources.values()]))
+    (m_fused, p_fused, s_fused), (m_plain, p_plain, s_plain) = runs
+    for a, b in zip(p_fused + s_fused, p_plain + s_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert m_fused[0] == m_plain[0]

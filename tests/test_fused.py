@@ -124,3 +124,77 @@ def test_mlp_ci_function_takes_the_fused_path_only_when_compiled_with_grad():
             torch.testing.assert_close(ci(None, acts)["a"], eager)
     assert not ci.compiled
     torch.testing.assert_close(fused, eager)
+
+
+
+def _where_masks_fwd(z, r, route):
+    """The mask kernel written with bool tensors and ``where`` (the reference)."""
+    g = z.clamp(0.0, 1.0)
+    m = torch.addcmul(g, 1.0 - g, r[..., :-1])
+    md = r[..., -1].expand(z.shape[:-1])
+    if route is not None:
+        m, md = torch.where(route[..., None], m, 1.0), torch.where(route, md, 1.0)
+    return m, md
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_arithmetic_step_functions_equal_the_where_chains_bit_for_bit(dtype):
+    """The kernels build their step functions from sign/clamp (bool tensors, ``where`` and
+    ``masked_fill_`` are ~20× slower on a CPU): on points exactly at 0 and 1, on either side
+    and far out, every mask, Δ mask and gradient equals the ``where`` chain exactly (``==``,
+    so a zeroed gradient may be -0.0)."""
+    from tl_vpd.fused import _freq_bwd, _leaky_grad, _masks_bwd_r, _masks_bwd_z, _masks_fwd
+    from tl_vpd.importance import lower_leaky_grad
+
+    pts = torch.tensor([-2.0, -1e-7, 0.0, 1e-7, 0.3, 1 - 1e-7, 1.0, 1 + 1e-7, 3.0], dtype=dtype)
+    z = pts.repeat(4, 3, 1)                                  # [B, T, C]
+    gen = torch.Generator().manual_seed(8)
+    gm = torch.randn(4, 3, 9, generator=gen, dtype=dtype)    # gradients of both signs
+    gmd = torch.randn(4, 3, generator=gen, dtype=dtype)
+    r = torch.rand(4, 3, 10, generator=gen, dtype=dtype)
+    route = torch.rand(4, 3, generator=gen) < 0.5
+    alpha = 0.01
+
+    assert torch.equal(_leaky_grad(z, gm, alpha), lower_leaky_grad(z, gm, alpha))
+    for rt in (None, route):
+        for out, ref in zip(_masks_fwd(z, r, rt), _where_masks_fwd(z, r, rt)):
+            assert torch.equal(out, ref)
+        G = torch.addcmul(gm, gm, r[..., :-1], value=-1.0)
+        gc = torch.addcmul(gm, gm, z.clamp(0.0, 1.0), value=-1.0)
+        gd = gmd
+        if rt is not None:
+            G, gc = G.masked_fill(~rt[..., None], 0.0), gc.masked_fill(~rt[..., None], 0.0)
+            gd = torch.where(rt, gmd, 0.0)
+        assert torch.equal(_masks_bwd_z(z, r, rt, gm.clone(), alpha), lower_leaky_grad(z, G, alpha))
+        assert torch.equal(_masks_bwd_r(z, rt, gm.clone(), gmd), torch.cat([gc, gd[..., None]], -1))
+    base = z.clamp(0, 1) + 0.5
+    p = torch.tensor(0.7, dtype=dtype)
+    powered, grad_f = base ** p, torch.randn(9, generator=gen, dtype=dtype)
+    slope = torch.where(z > 1, alpha, (z >= 0).to(dtype))
+    ref = powered.div(base).mul_(slope).mul_(grad_f * (p / 12))
+    assert torch.equal(_freq_bwd(z, base, powered, grad_f, p, alpha), ref)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("routed", [False, True])
+def test_masks_in_the_forward_dtype_equal_a_cast_of_the_fp32_masks(routed, compiled):
+    """``dtype=bf16`` (the masked forward's autocast dtype) gives bit for bit ``masks.to(bf16)``
+    and, for a bf16 upstream gradient, the same fp32 gradients on z and r as the cast would."""
+    gen = torch.Generator().manual_seed(9)
+    z0 = 1.5 * torch.randn(3, 4, 6, generator=gen)
+    r0 = torch.rand(3, 4, 7, generator=gen)
+    route = torch.rand(3, 4, generator=gen) < 0.5 if routed else None
+    wm = torch.randn(3, 4, 6, generator=gen).bfloat16()
+    wd = torch.randn(3, 4, generator=gen).bfloat16()
+    results = []
+    for dtype in (None, torch.bfloat16):
+        z, r = z0.clone().requires_grad_(True), r0.clone().requires_grad_(True)
+        m, md = routed_masks(z, r, route, 0.01, compiled, dtype)
+        if dtype is None:
+            m, md = m.bfloat16(), md.bfloat16()
+        assert m.dtype == md.dtype == torch.bfloat16
+        ((m * wm).float().sum() + (md * wd).float().sum()).backward()
+        assert z.grad.dtype == r.grad.dtype == torch.float32
+        results.append((m, md, z.grad, r.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

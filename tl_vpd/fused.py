@@ -16,12 +16,40 @@ import functools
 import torch
 
 from tl_vpd._typing import Bool, Float
-from tl_vpd.importance import lower_leaky_grad
 
 __all__ = ["firing_frequency", "routed_masks", "scalar_mlp"]
 
 
 # ------------------------------------------------------------------------------- kernels
+# Step functions are arithmetic (sign, clamp), never bool tensors: eager on a CPU, a comparison
+# writing a bool tensor takes ~0.1 ms over ``[8, 128, 512]`` and ``torch.where`` or
+# ``masked_fill_`` ~1 ms, against ~0.04 ms for an add (torch 2.13, this project's 2-core VM), and
+# these run over every token × subcomponent of every site (benchmarks/train_step.py). Multiplying
+# by an exact 0.0/1.0 keeps every value exact (a zeroed gradient may be -0.0).
+def _above(z, t: float):
+    """1.0 where ``z > t``, 0.0 elsewhere (a new tensor)."""
+    return (z - t).sign_().clamp_(min=0.0) if t else z.sign().clamp_(min=0.0)
+
+
+def _below(z, t: float):
+    """1.0 where ``z < t``, 0.0 elsewhere (a new tensor)."""
+    return (t - z).sign_().clamp_(min=0.0)
+
+
+def _routed(route, dtype):
+    """The route as 0.0/1.0 with a trailing axis for C (tiny: ``[*lead, 1]``)."""
+    return route.to(dtype).unsqueeze(-1)
+
+
+def _leaky_grad(z, grad, alpha: float):
+    """:func:`tl_vpd.importance.lower_leaky_grad` in arithmetic: ``grad`` on (0, 1), 0 from 1
+    up, and below 0 ``alpha`` × its negative part."""
+    pos = _above(z, 0.0)
+    inside = _below(z, 1.0).mul_(pos)
+    leak = grad.clamp(max=0.0).mul_(pos.neg_().add_(1.0)).mul_(alpha)
+    return leak.addcmul_(grad, inside)
+
+
 def _upper(z, alpha: float):
     """Upper leaky hard sigmoid: 0 below 0, z on [0, 1], 1 + α(z − 1) above (a new tensor)."""
     return z.clamp(0.0, 1.0).add_((z - 1.0).clamp_min_(0.0), alpha=alpha)
@@ -37,33 +65,44 @@ def _freq_bwd(z, base, powered, grad_f, p, alpha: float):
     n = z.numel() // z.shape[-1]
     # d/dz (u + eps)^p = p (u + eps)^(p − 1) u'(z), with u' = 1 on [0, 1], α above, 0 below;
     # (u + eps)^(p − 1) is the forward's (u + eps)^p / (u + eps): no second pow (a costly op).
-    slope = torch.where(z > 1, alpha, (z >= 0).to(z.dtype))
+    above = _above(z, 1.0)
+    slope = _below(z, 0.0).neg_().add_(1.0).mul_(1.0 - above).add_(above, alpha=alpha)
     return powered.div(base).mul_(slope).mul_(grad_f * (p / n))
 
 
-def _masks_fwd(z, r, route):
+def _masks_fwd(z, r, route, dtype=None):
+    # ``dtype``: the masks' dtype (the masked forward's autocast dtype). The last op writes it
+    # directly: computed in z's dtype and rounded once on the store, the same values as a cast
+    # afterwards, without the extra pass (eager) and its backward's cast of the gradient.
+    def last(shape):
+        return None if dtype is None else torch.empty(shape, dtype=dtype, device=z.device)
+
     g = z.clamp(0.0, 1.0)
-    m = torch.addcmul(g, 1.0 - g, r[..., :-1])  # g + (1 − g) r
     md = r[..., -1].expand(z.shape[:-1])
-    if route is not None:
-        m = torch.where(route[..., None], m, 1.0)
-        md = torch.where(route, md, 1.0)
+    if route is None:
+        m = torch.addcmul(g, 1.0 - g, r[..., :-1], out=last(z.shape))  # g + (1 − g) r
+        return m, md if dtype is None else md.to(dtype)
+    # Unrouted tokens keep everything: m · 1 + 0 = m, m · 0 + 1 = 1.
+    rf = _routed(route, z.dtype)
+    m = torch.addcmul(1.0 - rf, torch.addcmul(g, 1.0 - g, r[..., :-1]), rf, out=last(z.shape))
+    md = torch.addcmul(1.0 - rf[..., 0], md, rf[..., 0], out=last(md.shape))
     return m, md
 
 
 def _masks_bwd_z(z, r, route, gm, alpha: float):
     G = torch.addcmul(gm, gm, r[..., :-1], value=-1.0)  # dm/dg = 1 − r where routed
     if route is not None:
-        G = G.masked_fill_(~route[..., None], 0.0)
-    return lower_leaky_grad(z, G, alpha)
+        G = G.mul_(_routed(route, G.dtype))
+    return _leaky_grad(z, G, alpha)
 
 
 def _masks_bwd_r(z, route, gm, gmd):
     gc = torch.addcmul(gm, gm, z.clamp(0.0, 1.0), value=-1.0)  # dm/dr = 1 − g where routed
     if route is not None:
-        gc = gc.masked_fill_(~route[..., None], 0.0)
-        gmd = torch.where(route, gmd, 0.0)
-    return torch.cat([gc, gmd[..., None]], -1)
+        rf = _routed(route, gc.dtype)
+        gc = gc.mul_(rf)
+        gmd = gmd * rf[..., 0]
+    return torch.cat([gc, gmd.to(gc.dtype)[..., None]], -1)
 
 
 def _mlp_fwd(x, w1, b1, w2, b2):
@@ -123,10 +162,13 @@ def firing_frequency(z: Float[torch.Tensor, "*lead C"], p: float, eps: float, al
 
 class _RoutedMasks(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, r, route, alpha: float, compiled: bool):
+    def forward(ctx, z, r, route, alpha: float, compiled: bool, dtype):
         ctx.save_for_backward(z, r, route)
         ctx.alpha, ctx.compiled, ctx.r_shape = alpha, compiled, r.shape
-        return _kernel("masks_fwd", compiled)(z, r, route)
+        if compiled:  # out= does not compile: the cast fuses into the loop instead
+            m, md = _kernel("masks_fwd", True)(z, r, route)
+            return (m, md) if dtype is None else (m.to(dtype), md.to(dtype))
+        return _masks_fwd(z, r, route, dtype)
 
     @staticmethod
     def backward(ctx, gm, gmd):
@@ -136,7 +178,7 @@ class _RoutedMasks(torch.autograd.Function):
             gz = _kernel("masks_bwd_z", ctx.compiled)(z, r, route, gm, ctx.alpha)
         if ctx.needs_input_grad[1]:
             gr = _kernel("masks_bwd_r", ctx.compiled)(z, route, gm, gmd).sum_to_size(ctx.r_shape)
-        return gz, gr, None, None, None
+        return gz, gr, None, None, None, None
 
 
 def routed_masks(
@@ -145,6 +187,7 @@ def routed_masks(
     route: Bool[torch.Tensor, "*lead"] | None,
     alpha: float,
     compiled: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Float[torch.Tensor, "*lead C"], Float[torch.Tensor, "*lead"]]:
     """Masks and Δ masks from pre-activations and sources, equal to
     :func:`tl_vpd.masking.masks_from_sources` on the lower leaky view of ``z``.
@@ -155,11 +198,15 @@ def routed_masks(
         route: True where the site is masked (``None``: everywhere); unrouted tokens get 1.
         alpha: slope of the leaky hard sigmoid.
         compiled: run the kernels through ``torch.compile``.
+        dtype: the masks' dtype when it is not ``z``'s: the dtype the masked forward computes
+            in under autocast (the same values as ``masks.to(dtype)``, one pass fewer each way;
+            the gradients reaching ``z`` and ``r`` are in their own dtypes).
 
     Returns:
         ``(masks [*lead, C], delta_masks [*lead])``.
     """
-    return _RoutedMasks.apply(z, r.to(z.dtype), route, float(alpha), compiled)
+    dtype = None if dtype == z.dtype else dtype
+    return _RoutedMasks.apply(z, r.to(z.dtype), route, float(alpha), compiled, dtype)
 
 
 class _ScalarMLP(torch.autograd.Function):

@@ -76,6 +76,9 @@ def step_losses(
     raw_target, target = target, prepare_target(target, recon_kind)
     device = next(iter(dec.components.values())).U.device
     lead = next(iter(pre.values())).shape[:-1]
+    with amp():  # masks come in the dtype the masked forward computes in (bf16 under autocast)
+        mask_dtype = (torch.get_autocast_dtype(device.type)
+                      if torch.is_autocast_enabled(device.type) else None)
 
     def masks(src: Mapping[str, torch.Tensor], routes, sites=None, frozen: bool = False):
         """Masks from the CI (live, or ``frozen``) and sources; one fused node per site, so each
@@ -84,7 +87,7 @@ def step_losses(
         for k in sites or pre:
             z = pre[k].detach() if frozen else pre[k]
             ms[k], dms[k] = routed_masks(z, src[k], None if routes is None else routes[k], alpha,
-                                          cfg.compile)
+                                          cfg.compile, mask_dtype)
         return ms, dms
 
     def sources(sites=None) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tl_vpd.interrupts import StepBoundary, TrainingInterrupted
 from tl_vpd import checkpoint
-from tl_vpd.adversary import PersistentSources
+from tl_vpd.adversary import PersistentSources, fused_if_supported
 from tl_vpd.allocator import keep_freed_memory
 from tl_vpd.components import compiled_sites
 from tl_vpd.config import VPDConfig
@@ -92,9 +92,9 @@ class Trainer:
         comps = self.dec.components.values()
         self.component_params = [p for c in comps for p in (c.U, c.V)]
         self.ci_params = list(self.dec.ci_fn.parameters())
-        self.optimizer = torch.optim.AdamW(  # fused (toys): one kernel, not ~10 ops per tensor
-            [{"params": self.component_params}, {"params": self.ci_params}],
-            lr=cfg.lr, weight_decay=cfg.weight_decay, fused=None if is_lm else True)
+        self.optimizer = torch.optim.AdamW(  # fused: one kernel, not ~10 ops per tensor
+            [{"params": self.component_params}, {"params": self.ci_params}], lr=cfg.lr,
+            weight_decay=cfg.weight_decay, fused=fused_if_supported(self.component_params))
         self.adversary = None
         if cfg.adversary == "persistent":
             self.adversary = PersistentSources(cfg.ppgd_scope, cfg.ppgd_lr, cfg.ppgd_betas,
