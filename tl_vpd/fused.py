@@ -165,7 +165,7 @@ class _RoutedMasks(torch.autograd.Function):
     def forward(ctx, z, r, route, alpha: float, compiled: bool, dtype):
         ctx.save_for_backward(z, r, route)
         ctx.alpha, ctx.compiled, ctx.r_shape = alpha, compiled, r.shape
-        if compiled:  # out= does not compile: the cast fuses into the loop instead
+        if compiled:  # out= does not compile: the compiled kernel's masks are cast after it
             m, md = _kernel("masks_fwd", True)(z, r, route)
             return (m, md) if dtype is None else (m.to(dtype), md.to(dtype))
         return _masks_fwd(z, r, route, dtype)
