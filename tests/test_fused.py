@@ -126,7 +126,6 @@ def test_mlp_ci_function_takes_the_fused_path_only_when_compiled_with_grad():
     torch.testing.assert_close(fused, eager)
 
 
-
 def _where_masks_fwd(z, r, route):
     """The mask kernel written with bool tensors and ``where`` (the reference)."""
     g = z.clamp(0.0, 1.0)
