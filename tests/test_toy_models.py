@@ -175,18 +175,22 @@ def test_tms_40_10_recovers_the_columns_of_W_at_the_cpu_setting():
 
 
 @pytest.mark.slow
-def test_vpd_tms_5_2_identity_recovers_the_columns_of_W_at_the_cpu_setting():
-    """VPD at benchmarks/reproduce_spd_toys.py's CPU setting (~1 min on one thread). With the VPD
-    paper's 0.5 + 0.5 reconstruction weights and a Δ-component seed 1 kept 4 live ``linear1``
-    subcomponents for 5 features (ML2R 0.60); the toy preset's 1 + 1 without Δ measured 1.000."""
-    target, dec = reproduce("tms_5-2-id", seed=1, method="vpd", steps=3000, batch_size=1024,
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vpd_tms_5_2_identity_recovers_the_columns_of_W_at_the_cpu_setting(seed):
+    """VPD at benchmarks/reproduce_spd_toys.py's CPU setting (~1 min per seed on one thread).
+    With the VPD paper's 0.5 + 0.5 reconstruction weights and a Δ-component seed 1 kept 4 live
+    ``linear1`` subcomponents for 5 features (ML2R 0.60); the toy preset's 1 + 1 without Δ
+    measured 1.000. The columns are matched to live subcomponents, as the benchmark does: on
+    seed 0 a dead one (norm ~1e-3) can point along a 2-d column as exactly as the live one."""
+    target, dec = reproduce("tms_5-2-id", seed=seed, method="vpd", steps=3000, batch_size=1024,
                             lr=5e-3, lr_final_frac=0.1)
     c = dec.components["linear1"]
-    assert M.mmcs(target.W, c.U, c.V) >= 0.99
-    assert 0.95 <= M.ml2r(target.W, c.U, c.V) <= 1.05
     x = SparseFeatures(5, 0.05)(2048, torch.Generator().manual_seed(9))
     ci = dec.causal_importance(torch.cat([x, 0.75 * torch.eye(5)]))
-    assert int(M.alive_subcomponents(ci["linear1"], 0.1).sum()) == 5
+    live = M.alive_subcomponents(ci["linear1"], 0.1)
+    assert M.mmcs(target.W, c.U, c.V, live) >= 0.99
+    assert 0.95 <= M.ml2r(target.W, c.U, c.V, live) <= 1.05
+    assert int(live.sum()) == 5
     assert int(M.alive_subcomponents(ci["hidden_layers.0"], 0.1).sum()) == target.n_hidden
 
 
