@@ -118,7 +118,8 @@ METHOD_OVERRIDES = {
 # - TMS 40-10: MMCS 1.000 / 0.998 / 1.000, ML2R 1.029-1.036 (2: 1.000 ± 0.000, 1.036 ± 0.001);
 # - TMS 40-10 + identity: MMCS 1.000 / 1.000 / 0.985, ML2R 1.047-1.049, 10 live on the identity
 #   site on every seed (2: 0.997 ± 0.004, 1.047 ± 0.006, 10 / 10 / 10);
-# - TMS 5-2 + identity: MMCS 1.000, ML2R 0.998-1.000 (2: 0.998-1.000, live-matched).
+# - TMS 5-2 + identity: MMCS 1.000, ML2R 0.998-1.000 (2: MMCS 1.000; ML2R over all C
+#   0.80 / 1.000 / 0.999, the 0.80 a dead subcomponent's match; see run_tms).
 VPD_CPU = dict(ppgd_inner_steps=1)
 NEGLIGIBLE = 0.1  # a subcomponent under 10% of its site's largest norm is "negligible"
 CANCELLATION_SWEEP = [2.0, 3.5, 4.5, 6.0, 9.0]  # β · n_out; SPD drops the pair above 3, VPD above 10.5
