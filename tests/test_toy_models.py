@@ -177,8 +177,9 @@ def test_tms_40_10_recovers_the_columns_of_W_at_the_cpu_setting():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vpd_tms_5_2_identity_recovers_the_columns_of_W_at_the_cpu_setting(seed):
-    """VPD at benchmarks/reproduce_spd_toys.py's CPU setting (~1 min per seed on one thread).
-    With the VPD paper's 0.5 + 0.5 reconstruction weights and a Δ-component seed 1 kept 4 live
+    """VPD at benchmarks/reproduce_spd_toys.py's CPU schedule for this row (~1 min per seed on
+    one thread), with the preset's two adversary ascents per step (the benchmark's ``VPD_CPU``
+    makes one; both measured 1.000 on seeds 0-2). With the VPD paper's 0.5 + 0.5 reconstruction weights and a Δ-component seed 1 kept 4 live
     ``linear1`` subcomponents for 5 features (ML2R 0.60); the toy preset's 1 + 1 without Δ
     measured 1.000. The columns are matched to live subcomponents, as the benchmark does: on
     seed 0 a dead one (norm ~1e-3) can point along a 2-d column as exactly as the live one."""
